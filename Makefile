@@ -1,0 +1,45 @@
+# smcli developer commands. `make demo` and `make test` work on a fresh clone: both install
+# into .venv first when needed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARCH := $(shell uname -m)
+OS := $(shell uname -s)
+
+# torch/torchvision pins that install offline on this project's Linux x86_64 machines;
+# elsewhere pip resolves the ranges in pyproject.toml.
+ifeq ($(OS)-$(ARCH),Linux-x86_64)
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: install test demo bench bench-flickr8k lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH_PIN),$(BIN)/python -m pip install --quiet $(TORCH_PIN))
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+demo: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
+
+bench: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash bench/run_all.sh
+
+DATA ?= ../shared/data/flickr8k
+bench-flickr8k: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash bench/flickr8k.sh "$(DATA)"
+
+lint: install
+	$(BIN)/ruff check smcli tests bench
+
+clean:
+	rm -rf demo-out .pytest_cache

@@ -1,0 +1,49 @@
+"""``smcli inspect``: what an smcli Parquet file is and what made it."""
+
+from __future__ import annotations
+
+import typer
+
+from smcli.cli.app import app
+
+
+@app.command("inspect")
+def inspect_cmd(
+    file: str = typer.Argument(..., help="Any smcli Parquet file, or '-' for stdin."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Show the kind, schema version, producer settings, columns and row count of a file."""
+    import json
+
+    from smcli.stage import open_any
+
+    stage = open_any(file)
+    meta = stage.meta
+    info = {
+        "file": stage.name,
+        "kind": meta.kind if meta.kind != "?" else "not an smcli file",
+        "schema_version": meta.schema_version,
+        "smcli_version": meta.smcli_version,
+        "rows": stage.num_rows,
+        "columns": {f.name: str(f.type) for f in stage.parquet.schema_arrow},
+        "producer": meta.producer,
+        "blobs": {k: f"{len(v):,} bytes" for k, v in meta.blobs.items()},
+    }
+    stage.close()
+    if json_out:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    for key in ("file", "kind", "schema_version", "smcli_version", "rows"):
+        value = info[key]
+        table.add_row(key, f"{value:,}" if isinstance(value, int) and key == "rows" else str(value))
+    table.add_row("columns", "\n".join(f"{k}: {v}" for k, v in info["columns"].items()))
+    table.add_row("producer", json.dumps(meta.producer, indent=1, sort_keys=True))
+    if info["blobs"]:
+        table.add_row("blobs", ", ".join(f"{k} ({v})" for k, v in info["blobs"].items()))
+    Console().print(table)

@@ -1,0 +1,25 @@
+"""Errors that end a command with one clear line and a documented exit code."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # bad input, incompatible files, a failed run
+EXIT_USAGE = 2  # bad arguments, a command that is not implemented
+EXIT_INTERRUPTED = 130  # Ctrl-C
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (like SIGPIPE)
+
+
+class SmcliError(Exception):
+    """An error the user can act on; printed as one line, never as a traceback."""
+
+    exit_code = EXIT_ERROR
+
+
+class InputError(SmcliError):
+    """A file or row the user gave is missing, malformed or of the wrong kind."""
+
+
+class UsageError(SmcliError):
+    """Arguments that do not make sense together."""
+
+    exit_code = EXIT_USAGE

@@ -1,0 +1,342 @@
+"""The Parquet stage contract shared by every subcommand.
+
+Every smcli file is Parquet with one key-value metadata entry, ``smcli``, holding JSON:
+``{"schema": kind, "schema_version": n, "smcli_version": v, "producer": {...}}``. Large
+blobs a stage needs (a vocabulary, say) go in their own ``smcli.<name>`` entries.
+
+Reading validates the kind, version and required columns before any work is done. Writing
+goes to a temporary name beside the target and is renamed into place on success, so an
+interrupted run never leaves a truncated file under the final name. ``-`` means stdin or
+stdout; Parquet is never written to a terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from smcli import __version__
+from smcli.errors import InputError, UsageError
+
+META_KEY = b"smcli"
+PARQUET_MAGIC = b"PAR1"
+
+# kind -> (current schema version, required columns). Readers accept versions <= current.
+SCHEMAS: dict[str, tuple[int, tuple[str, ...]]] = {
+    "captions": (1, ("caption_id", "image_id", "caption", "tokens", "token_ids", "split")),
+    "regions": (1, ("image_id", "path", "width", "height", "regions", "global")),
+    "errors": (1, ("source", "location", "reason")),
+    "scores": (1, ("image_id", "caption_id", "score")),
+    "retrieval": (1, ("query", "rank", "id", "score")),
+    "caption-ranks": (1, ("image_id", "caption_id", "rank", "score")),
+    "metrics": (1, ("split", "direction", "metric", "value")),
+}
+
+
+@dataclass
+class StageMeta:
+    """What a file says about itself: its kind and what produced it."""
+
+    kind: str
+    schema_version: int
+    smcli_version: str
+    producer: dict[str, Any] = field(default_factory=dict)
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+    def to_kv(self) -> dict[bytes, bytes]:
+        header = {
+            "schema": self.kind,
+            "schema_version": self.schema_version,
+            "smcli_version": self.smcli_version,
+            "producer": self.producer,
+        }
+        kv = {META_KEY: json.dumps(header, sort_keys=True).encode()}
+        for name, blob in self.blobs.items():
+            kv[META_KEY + b"." + name.encode()] = blob
+        return kv
+
+    @classmethod
+    def from_kv(cls, kv: Mapping[bytes, bytes] | None) -> StageMeta | None:
+        if not kv or META_KEY not in kv:
+            return None
+        header = json.loads(kv[META_KEY])
+        prefix = META_KEY + b"."
+        blobs = {k[len(prefix):].decode(): v for k, v in kv.items() if k.startswith(prefix)}
+        return cls(
+            kind=header.get("schema", "?"),
+            schema_version=int(header.get("schema_version", 0)),
+            smcli_version=header.get("smcli_version", "?"),
+            producer=header.get("producer", {}),
+            blobs=blobs,
+        )
+
+
+def new_meta(kind: str, producer: dict[str, Any], blobs: dict[str, bytes] | None = None) -> StageMeta:
+    """Metadata for a file of ``kind`` written now by this smcli."""
+    return StageMeta(kind, SCHEMAS[kind][0], __version__, producer, dict(blobs or {}))
+
+
+def display_name(path: str | os.PathLike) -> str:
+    return "<stdin>" if str(path) == "-" else str(path)
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+@dataclass
+class StageInput:
+    """A validated smcli Parquet file, opened for reading."""
+
+    name: str
+    parquet: pq.ParquetFile
+    meta: StageMeta
+    _spool: IO[bytes] | None = None
+
+    @property
+    def num_rows(self) -> int:
+        return self.parquet.metadata.num_rows
+
+    @property
+    def columns(self) -> list[str]:
+        return self.parquet.schema_arrow.names
+
+    def read(self, columns: Iterable[str] | None = None) -> pa.Table:
+        return self.parquet.read(columns=list(columns) if columns is not None else None)
+
+    def iter_batches(
+        self, batch_size: int = 4096, columns: Iterable[str] | None = None
+    ) -> Iterator[pa.RecordBatch]:
+        cols = list(columns) if columns is not None else None
+        yield from self.parquet.iter_batches(batch_size=batch_size, columns=cols)
+
+    def close(self) -> None:
+        self.parquet.close()
+        if self._spool is not None:
+            self._spool.close()
+
+
+def _open_parquet(path: str | os.PathLike) -> tuple[pq.ParquetFile, IO[bytes] | None]:
+    name = display_name(path)
+    spool: IO[bytes] | None = None
+    if str(path) == "-":
+        # Parquet needs a seekable file: spool stdin to a temporary file (disk, not memory).
+        spool = tempfile.TemporaryFile(prefix="smcli-stdin-")
+        shutil.copyfileobj(sys.stdin.buffer, spool, length=1 << 20)
+        spool.seek(0)
+        source: Any = spool
+        head = spool.read(4)
+        spool.seek(0)
+    else:
+        p = Path(path)
+        if not p.exists():
+            raise InputError(f"{name}: no such file")
+        if p.is_dir():
+            raise InputError(f"{name}: is a directory, expected a Parquet file")
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+        source = str(p)
+    if head != PARQUET_MAGIC:
+        what = "empty input" if not head else "not a Parquet file"
+        raise InputError(f"{name}: {what}")
+    try:
+        return pq.ParquetFile(source), spool
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{name}: unreadable Parquet ({_first_line(exc)}); truncated?") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def open_any(path: str | os.PathLike) -> StageInput:
+    """Open any Parquet file; ``meta.kind`` is ``"?"`` when smcli did not write it."""
+    pf, spool = _open_parquet(path)
+    meta = StageMeta.from_kv(pf.schema_arrow.metadata) or StageMeta("?", 0, "?")
+    return StageInput(display_name(path), pf, meta, spool)
+
+
+def open_stage(
+    path: str | os.PathLike,
+    kind: str | tuple[str, ...],
+    required: Iterable[str] | None = None,
+) -> StageInput:
+    """Open an smcli file and check it is of ``kind`` with the columns a stage needs.
+
+    Fails with one line naming the file and the problem, before any work is done.
+    """
+    kinds = (kind,) if isinstance(kind, str) else tuple(kind)
+    stage = open_any(path)
+    name, meta = stage.name, stage.meta
+    try:
+        if meta.kind == "?":
+            raise InputError(
+                f"{name}: not an smcli file (no smcli metadata); expected a "
+                f"{' or '.join(kinds)} file"
+            )
+        if meta.kind not in kinds:
+            made_by = meta.producer.get("command")
+            by = f" (made by smcli {made_by})" if made_by else ""
+            raise InputError(f"{name}: expected a {' or '.join(kinds)} file, got {meta.kind}{by}")
+        current = SCHEMAS[meta.kind][0]
+        if meta.schema_version > current:
+            raise InputError(
+                f"{name}: {meta.kind} schema version {meta.schema_version} is newer than this "
+                f"smcli ({__version__}) reads (<= {current}); upgrade smcli"
+            )
+        needed = list(required) if required is not None else list(SCHEMAS[meta.kind][1])
+        missing = [c for c in needed if c not in stage.columns]
+        if missing:
+            raise InputError(f"{name}: missing column(s) {', '.join(missing)}")
+    except InputError:
+        stage.close()
+        raise
+    return stage
+
+
+# ---------------------------------------------------------------------------------------
+# Writing
+
+
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where a stage writes: a file path, or stdout (``path is None``)."""
+
+    path: Path | None
+
+    @property
+    def name(self) -> str:
+        return "<stdout>" if self.path is None else str(self.path)
+
+
+def resolve_output(output: str | os.PathLike | None, *, what: str = "Parquet") -> OutputTarget:
+    """Decide where output goes, refusing a terminal. Call before doing any work."""
+    if output is not None and str(output) != "-":
+        path = Path(output)
+        if path.is_dir():
+            raise UsageError(f"-o {output}: is a directory; give a file name")
+        if not path.parent.exists():
+            raise UsageError(f"-o {output}: directory {path.parent} does not exist")
+        return OutputTarget(path)
+    if sys.stdout.isatty():
+        raise UsageError(
+            f"refusing to write {what} to a terminal; use -o FILE or pipe the output "
+            "(e.g. > out.parquet)"
+        )
+    return OutputTarget(None)
+
+
+class AtomicFile:
+    """A binary file written under a temporary name and renamed into place on commit."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        self.tmp_path = Path(tmp)
+        self.handle: IO[bytes] = os.fdopen(fd, "wb")
+
+    def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self.tmp_path, self.path)
+
+    def abort(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()
+        self.tmp_path.unlink(missing_ok=True)
+
+
+class StageWriter:
+    """Streams record batches into one smcli Parquet file, atomically.
+
+    Use as a context manager: the file appears under its final name only if the block
+    finishes without an exception.
+    """
+
+    def __init__(
+        self,
+        target: OutputTarget,
+        schema: pa.Schema,
+        meta: StageMeta,
+        *,
+        row_group_size: int = 8192,
+    ):
+        self.target = target
+        self.meta = meta
+        self.schema = schema.with_metadata(meta.to_kv())
+        self.row_group_size = row_group_size
+        self.rows_written = 0
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._atomic: AtomicFile | None = None
+        if target.path is not None:
+            self._atomic = AtomicFile(target.path)
+            sink: Any = self._atomic.handle
+        else:
+            sink = sys.stdout.buffer
+        self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd")
+
+    def write(self, data: pa.RecordBatch | pa.Table | Mapping[str, Any]) -> None:
+        """Add rows: a record batch, a table or a mapping of column name to values."""
+        if isinstance(data, Mapping):
+            data = pa.Table.from_pydict(dict(data), schema=self.schema)
+        if isinstance(data, pa.RecordBatch):
+            data = pa.Table.from_batches([data])
+        for batch in data.cast(self.schema).to_batches():
+            if batch.num_rows:
+                self._pending.append(batch)
+                self._pending_rows += batch.num_rows
+        if self._pending_rows >= self.row_group_size:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        self._writer.write_table(table, row_group_size=self.row_group_size)
+        self.rows_written += table.num_rows
+        self._pending, self._pending_rows = [], 0
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        if self._atomic is not None:
+            self._atomic.commit()
+        else:
+            sys.stdout.buffer.flush()
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+        except Exception:  # noqa: BLE001 - the writer may already be broken; we discard it
+            pass
+        if self._atomic is not None:
+            self._atomic.abort()
+
+    def __enter__(self) -> StageWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_table(target: OutputTarget, table: pa.Table, meta: StageMeta) -> int:
+    """Write a whole table as one smcli file; returns the row count."""
+    with StageWriter(target, table.schema, meta) as writer:
+        writer.write(table)
+    return writer.rows_written

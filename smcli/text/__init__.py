@@ -1,0 +1,1 @@
+"""Captions and queries: reading caption files, normalising text, vocabularies."""
