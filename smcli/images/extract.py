@@ -1,0 +1,516 @@
+"""The extract-regions stage: images -> region grids and global features, streamed.
+
+Reader -> workers -> network -> writer:
+- the listing (:mod:`smcli.images.sources`) gives the unique images in order;
+- decoding and resizing run in worker processes (a torch DataLoader over
+  :func:`smcli.images.decode.load_image`), a few batches ahead of the network, so they
+  overlap the forward pass; a bad image comes back as a reason, never an exception;
+- the network runs in the main process on uint8 batches (normalisation is part of the net);
+- each batch is written at once: to the Parquet output (row groups of ~32 MB) and, for a
+  file output, to a resume journal. Memory stays flat whatever the number of images.
+
+Resume: next to ``OUT`` a folder ``.OUT.resume/`` holds Arrow IPC stream segments of the
+finished rows, flushed after every batch, so they survive ``kill -9``. ``--resume`` reads
+them back (a segment cut mid-batch is read up to its last whole batch), copies those rows
+to the new output without recomputing them and continues with the rest. The folder is
+removed when the output is complete. Images that failed are retried on resume.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from smcli.errors import InputError, UsageError
+from smcli.images.backbones import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, Backbone
+from smcli.images.decode import DEFAULT_MAX_PIXELS, ImageError, load_image
+from smcli.images.sources import ImageItem
+from smcli.report import RunReport, say, warn
+from smcli.stage import OutputTarget, StageWriter, new_meta
+
+COMMAND = "extract-regions"
+DTYPES = {"float16": (pa.float16(), np.float16), "float32": (pa.float32(), np.float32)}
+ROW_GROUP_BYTES = 32 << 20
+
+
+@dataclass
+class ExtractOptions:
+    backbone: str = DEFAULT_BACKBONE
+    image_size: int = DEFAULT_IMAGE_SIZE
+    weights: str = "default"
+    batch_size: int = 32
+    workers: int | None = None  # None: auto
+    threads: int | None = None  # torch threads; None: auto
+    dtype: str = "float16"
+    device: str = "auto"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    resume: bool = False
+    progress: bool | None = None  # None: when stderr is a terminal
+
+
+def regions_schema(grid: tuple[int, int], dim: int, global_dim: int, dtype: str) -> pa.Schema:
+    value = DTYPES[dtype][0]
+    return pa.schema([
+        ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("regions", pa.list_(value, grid[0] * grid[1] * dim)),
+        ("global", pa.list_(value, global_dim)),
+    ])
+
+
+def producer(backbone: Backbone, dtype: str) -> dict[str, Any]:
+    """The metadata producer dict of a regions file (deterministic: no times, no paths)."""
+    return {
+        "command": COMMAND,
+        "backbone": backbone.name,
+        "weights": backbone.weights,
+        "pretrained": backbone.pretrained,
+        "image_size": backbone.image_size,
+        "preprocessing": backbone.preprocessing,
+        "layer": backbone.spec.layer,
+        "global": backbone.spec.global_layer,
+        "grid": [backbone.grid[0], backbone.grid[1]],
+        "dim": backbone.dim,
+        "global_dim": backbone.global_dim,
+        "dtype": dtype,
+        "layout": "regions: row-major grid_h x grid_w x dim; global: global_dim",
+    }
+
+
+def default_workers() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(4, cores // 2))
+
+
+def _check_options(opts: ExtractOptions) -> None:
+    if opts.dtype not in DTYPES:
+        raise UsageError(f"--dtype {opts.dtype}: choose float16 or float32")
+    if opts.batch_size < 1:
+        raise UsageError(f"--batch-size {opts.batch_size}: must be at least 1")
+    if opts.workers is not None and opts.workers < 0:
+        raise UsageError(f"--workers {opts.workers}: must be 0 (decode inline) or more")
+    if opts.max_pixels < 1:
+        raise UsageError(f"--max-pixels {opts.max_pixels}: must be positive")
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding (runs in worker processes)
+
+
+class _Decoded:
+    """What a worker returns for one batch: indices, the good images stacked, the errors."""
+
+    __slots__ = ("indices", "images", "sizes", "errors")
+
+    def __init__(self, indices, images, sizes, errors):
+        self.indices = indices  # positions in the item list of the good images, in order
+        self.images = images  # uint8 tensor (n_good, S, S, 3) or None
+        self.sizes = sizes  # [(width, height)] of the good images
+        self.errors = errors  # [(position, reason)]
+
+
+class _DecodeDataset:
+    """Map-style dataset of item positions -> (position, array | None, w, h, reason)."""
+
+    def __init__(self, paths: Sequence[str], size: int, max_pixels: int):
+        self.paths = paths
+        self.size = size
+        self.max_pixels = max_pixels
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            arr, w, h = load_image(self.paths[i], self.size, self.max_pixels)
+            return i, arr, w, h, None
+        except ImageError as exc:
+            return i, None, 0, 0, str(exc)
+        except Exception as exc:  # noqa: BLE001 - one odd file must not end the run
+            return i, None, 0, 0, f"unexpected error while decoding: {type(exc).__name__}: {exc}"
+
+
+def _collate(samples) -> _Decoded:
+    import torch
+
+    good = [s for s in samples if s[1] is not None]
+    images = torch.from_numpy(np.stack([s[1] for s in good])) if good else None
+    return _Decoded([s[0] for s in good], images, [(s[2], s[3]) for s in good],
+                    [(s[0], s[4]) for s in samples if s[1] is None])
+
+
+def _batches(paths: Sequence[str], opts: ExtractOptions, workers: int, pin: bool):
+    """Yield :class:`_Decoded` batches in order; decoding in ``workers`` processes."""
+    from torch.utils.data import DataLoader
+
+    dataset = _DecodeDataset(paths, opts.image_size, opts.max_pixels)
+    if workers == 0:
+        for start in range(0, len(paths), opts.batch_size):
+            yield _collate([dataset[i] for i in range(start, min(len(paths), start + opts.batch_size))])
+        return
+    loader = DataLoader(
+        dataset,  # type: ignore[arg-type]
+        batch_size=opts.batch_size,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_collate,
+        prefetch_factor=2,
+        pin_memory=pin,
+        persistent_workers=False,
+    )
+    yield from loader
+
+
+# ---------------------------------------------------------------------------------------
+# Turning network output into Arrow rows
+
+
+def _fixed_list(values: np.ndarray, width: int, value_type: pa.DataType) -> pa.Array:
+    flat = pa.array(np.ascontiguousarray(values).reshape(-1), type=value_type)
+    return pa.FixedSizeListArray.from_arrays(flat, width)
+
+
+def _rows(items: Sequence[ImageItem], positions: list[int], sizes, regions: np.ndarray,
+          glob: np.ndarray, schema: pa.Schema) -> pa.RecordBatch:
+    n = len(positions)
+    rtype: pa.FixedSizeListType = schema.field("regions").type
+    gtype: pa.FixedSizeListType = schema.field("global").type
+    return pa.record_batch([
+        pa.array([items[i].image_id for i in positions], pa.string()),
+        pa.array([items[i].path for i in positions], pa.string()),
+        pa.array([s[0] for s in sizes], pa.int32()),
+        pa.array([s[1] for s in sizes], pa.int32()),
+        _fixed_list(regions.reshape(n, -1), rtype.list_size, rtype.value_type),
+        _fixed_list(glob.reshape(n, -1), gtype.list_size, gtype.value_type),
+    ], schema=schema)
+
+
+# ---------------------------------------------------------------------------------------
+# Resume journal
+
+
+class Journal:
+    """Finished rows of a file output, kept beside it until the output is complete."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.dir = out.parent / f".{out.name}.resume"
+        self._lock_fh = None
+        self._sink = None
+        self._writer = None
+
+    def lock(self) -> None:
+        self.dir.mkdir(exist_ok=True)
+        self._lock_fh = open(self.dir / "lock", "a+")
+        try:
+            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UsageError(f"{self.out}: another extract-regions run is writing it") from None
+
+    def segments(self) -> list[Path]:
+        return sorted(self.dir.glob("seg-*.arrows"))
+
+    def exists(self) -> bool:
+        return self.dir.is_dir() and bool(self.segments())
+
+    def read(self, producer_meta: dict[str, Any]):
+        """Yield the journal's record batches (checking they were made the same way)."""
+        for seg in self.segments():
+            try:
+                reader = pa.ipc.open_stream(pa.OSFile(str(seg), "r"))
+            except (pa.ArrowInvalid, OSError):
+                continue  # killed before the schema was written
+            meta = json.loads((reader.schema.metadata or {}).get(b"smcli.producer", b"{}"))
+            if meta != producer_meta:
+                diff = sorted(k for k in set(meta) | set(producer_meta) if meta.get(k) != producer_meta.get(k))
+                raise UsageError(
+                    f"--resume: the interrupted run of {self.out} used other settings "
+                    f"({', '.join(f'{k}={meta.get(k)!r}' for k in diff[:3])}); rerun without --resume to start over"
+                )
+            while True:
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except (pa.ArrowInvalid, OSError):
+                    break  # the batch being written when the run was killed
+                yield batch
+
+    def start_segment(self, schema: pa.Schema, producer_meta: dict[str, Any]) -> None:
+        n = len(self.segments())
+        path = self.dir / f"seg-{n:05d}.arrows"
+        schema = schema.with_metadata({b"smcli.producer": json.dumps(producer_meta, sort_keys=True).encode()})
+        self._sink = pa.OSFile(str(path), "w")
+        options = pa.ipc.IpcWriteOptions(compression="lz4")
+        self._writer = pa.ipc.new_stream(self._sink, schema, options=options)
+
+    def append(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+        self._sink.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+
+    def discard(self) -> None:
+        self.close()
+        for seg in self.segments():
+            seg.unlink()
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def release(self) -> None:
+        self.close()
+        if self._lock_fh is not None:
+            self._lock_fh.close()
+            self._lock_fh = None
+
+    def remove_stale_temporaries(self) -> None:
+        """Temporary outputs of killed runs (we hold the lock, so no live run owns them)."""
+        for tmp in glob.glob(str(self.out.parent / f".{glob.escape(self.out.name)}.*.tmp")):
+            Path(tmp).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Progress
+
+
+class _Progress:
+    def __init__(self, total: int, enabled: bool):
+        self.enabled = enabled
+        self._bar = None
+        if enabled and total:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._bar = Progress(
+                TextColumn("extract-regions"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            )
+            self._task = self._bar.add_task("extract", total=total, rate="")
+            self._bar.start()
+            self._t0 = time.perf_counter()
+            self._done = 0
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._done += n
+            rate = self._done / max(1e-9, time.perf_counter() - self._t0)
+            self._bar.update(self._task, advance=n, rate=f"{rate:.1f} img/s")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# ---------------------------------------------------------------------------------------
+# The run
+
+
+def _set_threads(threads: int | None, workers: int) -> None:
+    import torch
+
+    if threads is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores)
+    torch.set_num_threads(threads)
+
+
+def load_backbone_for(opts: ExtractOptions) -> Backbone:
+    from smcli.images.backbones import load_backbone
+
+    return load_backbone(opts.backbone, opts.image_size, opts.weights, opts.device)
+
+
+def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractOptions,
+                report: RunReport, backbone: Backbone | None = None) -> dict[str, int]:
+    """Extract features for ``items`` into ``target``; returns the counts for the last line."""
+    import torch
+
+    _check_options(opts)
+    if opts.resume and target.path is None:
+        raise UsageError("--resume needs an output file (-o FILE); a stream cannot be resumed")
+    workers = default_workers() if opts.workers is None else opts.workers
+    _set_threads(opts.threads, workers)
+    if backbone is None:
+        backbone = load_backbone_for(opts)
+    meta_producer = producer(backbone, opts.dtype)
+    schema = regions_schema(backbone.grid, backbone.dim, backbone.global_dim, opts.dtype)
+    np_dtype = DTYPES[opts.dtype][1]
+    row_bytes = (backbone.grid[0] * backbone.grid[1] * backbone.dim + backbone.global_dim) * np.dtype(np_dtype).itemsize
+    row_group = int(min(8192, max(16, ROW_GROUP_BYTES // row_bytes)))
+
+    journal: Journal | None = None
+    if target.path is not None:
+        journal = Journal(target.path)
+        journal.lock()
+        journal.remove_stale_temporaries()  # before our own temporary output exists
+
+    done: set[str] = set()
+    resumed = 0
+    t0 = time.perf_counter()
+    try:
+        writer = StageWriter(target, schema, new_meta("regions", meta_producer), row_group_size=row_group)
+    except BaseException:
+        if journal is not None:
+            journal.release()
+        raise
+    try:
+        if journal is not None:
+            if journal.exists() and not opts.resume:
+                warn(COMMAND, f"discarding the partial results of an interrupted run of {target.path} "
+                              "(use --resume to continue it instead)")
+                journal.discard()
+            if opts.resume:
+                wanted = {it.path for it in items}
+                if journal.exists():
+                    for batch in journal.read(meta_producer):
+                        paths = batch.column(1).to_pylist()
+                        keep = [i for i, p in enumerate(paths) if p in wanted and p not in done]
+                        if len(keep) != len(paths):
+                            batch = batch.take(pa.array(keep, pa.int64()))
+                        done.update(paths[i] for i in keep)
+                        writer.write(batch)
+                    resumed = len(done)
+                    say(COMMAND, f"resuming: {resumed:,} image(s) done by the interrupted run, "
+                                 f"{len(items) - resumed:,} to go")
+                else:
+                    say(COMMAND, f"--resume: no interrupted run of {target.path}; starting from the beginning")
+            journal.start_segment(schema, meta_producer)
+
+        todo = [it for it in items if it.path not in done] if done else list(items)
+        counts = _extract_loop(todo, backbone, opts, workers, schema, np_dtype, writer, journal, report)
+        writer.close()
+    except BaseException as exc:
+        writer.abort()
+        if journal is not None:
+            journal.release()
+            if not isinstance(exc, UsageError) and journal.exists():
+                say(COMMAND, f"partial results kept in {journal.dir}; rerun with --resume to continue")
+        raise
+    if journal is not None:
+        journal.remove()
+    elapsed = time.perf_counter() - t0
+    processed = counts["processed"]
+    say(COMMAND, f"{backbone.name} ({backbone.weights}) at {backbone.image_size}x{backbone.image_size}: "
+                 f"{backbone.grid[0]}x{backbone.grid[1]}x{backbone.dim} regions + {backbone.global_dim}-d global, "
+                 f"{opts.dtype}; {processed:,} image(s) in {elapsed:.1f} s "
+                 f"({processed / max(elapsed, 1e-9):.1f} images/s) on {backbone.device.type}, "
+                 f"{workers} decoding worker(s), {torch.get_num_threads()} torch thread(s)")
+    return {"resumed": resumed, **counts, "written": writer.rows_written}
+
+
+def _extract_loop(todo: Sequence[ImageItem], backbone: Backbone, opts: ExtractOptions, workers: int,
+                  schema: pa.Schema, np_dtype, writer: StageWriter, journal: Journal | None,
+                  report: RunReport) -> dict[str, int]:
+    paths = [it.path for it in todo]
+    workers = min(workers, max(0, (len(paths) + opts.batch_size - 1) // opts.batch_size))
+    progress = _Progress(len(paths), sys.stderr.isatty() if opts.progress is None else opts.progress)
+    processed = failed = 0
+    try:
+        for dec in _batches(paths, opts, workers, pin=backbone.device.type == "cuda"):
+            for pos, reason in dec.errors:
+                report.reject(todo[pos].path, "", reason)  # raises under --strict
+                failed += 1
+            if dec.images is not None:
+                regions, glob_ = backbone(dec.images)
+                regions = regions.to("cpu").numpy().astype(np_dtype, copy=False)
+                glob_ = glob_.to("cpu").numpy().astype(np_dtype, copy=False)
+                batch = _rows(todo, dec.indices, dec.sizes, regions, glob_, schema)
+                writer.write(batch)
+                if journal is not None:
+                    journal.append(batch)
+            processed += len(dec.indices) + len(dec.errors)
+            progress.advance(len(dec.indices) + len(dec.errors))
+    finally:
+        progress.close()
+    return {"processed": processed, "failed": failed}
+
+
+# ---------------------------------------------------------------------------------------
+# A few images on the fly (retrieve --image)
+
+_BACKBONE_CACHE: dict[tuple, Backbone] = {}
+
+
+def extract_images(
+    paths: Sequence[str],
+    backbone: str = DEFAULT_BACKBONE,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    weights: str = "default",
+    *,
+    device: str = "auto",
+    dtype: str = "float32",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    batch_size: int = 16,
+    signature: dict[str, Any] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of a few images, in memory: (regions (N, R, D), global (N, Dg)).
+
+    With ``signature`` (from :func:`smcli.images.features.feature_signature` of the file a
+    model was trained on), the backbone, image size and weights come from it, and the
+    loaded backbone must have the same identity; ``weights`` may then still name the local
+    file the signature's ``file:...`` identity refers to. A bad image raises InputError
+    naming the file. The backbone stays cached for the next call.
+    """
+    from smcli.images.features import check_signature, weights_arg
+
+    if signature is not None:
+        backbone = signature["backbone"]
+        image_size = int(signature["image_size"])
+        weights = weights_arg(signature["weights"], weights)
+    if dtype not in DTYPES:
+        raise UsageError(f"dtype {dtype}: choose float16 or float32")
+    key = (backbone, int(image_size), str(weights), device)
+    net = _BACKBONE_CACHE.get(key)
+    if net is None:
+        from smcli.images.backbones import load_backbone
+
+        net = load_backbone(backbone, image_size, weights, device)
+        _BACKBONE_CACHE[key] = net
+    if signature is not None:
+        check_signature(signature, producer(net, dtype), "these images")
+    import torch
+
+    regions_out, global_out = [], []
+    for start in range(0, len(paths), batch_size):
+        arrays = []
+        for p in paths[start:start + batch_size]:
+            try:
+                arrays.append(load_image(str(p), net.image_size, max_pixels)[0])
+            except ImageError as exc:
+                raise InputError(f"{p}: {exc}") from None
+        regions, glob_ = net(torch.from_numpy(np.stack(arrays)))
+        n = regions.shape[0]
+        regions_out.append(regions.reshape(n, -1, net.dim).cpu().numpy().astype(DTYPES[dtype][1]))
+        global_out.append(glob_.cpu().numpy().astype(DTYPES[dtype][1]))
+    if not regions_out:
+        gh, gw = net.grid
+        return (np.zeros((0, gh * gw, net.dim), DTYPES[dtype][1]),
+                np.zeros((0, net.global_dim), DTYPES[dtype][1]))
+    return np.concatenate(regions_out), np.concatenate(global_out)

@@ -1,0 +1,164 @@
+"""Reading a regions file into numpy, and the feature signature later stages compare.
+
+    feats = load_regions("feats.parquet")
+    feats.regions      # (N, grid_h * grid_w, dim), float16 or float32 as written
+    feats.global_      # (N, global_dim)
+    feats.image_ids    # list[str], joinable with captions' image_id
+    sig = feature_signature(feats.meta)   # store with a model; compare at use time
+
+The arrays are built column-wise (Arrow flatten + reshape per row group), never with a
+Python loop over rows.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from smcli.errors import InputError, UsageError
+from smcli.stage import StageInput, open_stage
+
+SIGNATURE_KEYS = ("backbone", "weights", "pretrained", "image_size", "grid", "dim", "global_dim")
+
+
+@dataclass
+class RegionFeatures:
+    image_ids: list[str]
+    paths: list[str]
+    width: np.ndarray  # (N,) int32
+    height: np.ndarray  # (N,) int32
+    regions: np.ndarray | None  # (N, R, D); None when loaded with regions=False
+    global_: np.ndarray  # (N, Dg)
+    meta: dict[str, Any]  # the producer dict of the file
+    name: str = ""
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        g = self.meta["grid"]
+        return int(g[0]), int(g[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["dim"])
+
+    @property
+    def signature(self) -> dict[str, Any]:
+        return feature_signature(self.meta)
+
+    def index(self) -> dict[str, int]:
+        """image_id -> row."""
+        return {k: i for i, k in enumerate(self.image_ids)}
+
+
+def _fixed_list_numpy(column: pa.ChunkedArray, width: int) -> np.ndarray:
+    parts = []
+    for chunk in column.chunks:
+        if chunk.null_count:
+            raise InputError("regions file has null feature rows")
+        values = chunk.flatten()  # respects slicing offsets
+        parts.append(values.to_numpy(zero_copy_only=False).reshape(len(chunk), width))
+    if not parts:
+        return np.zeros((0, width), dtype=np.float32)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def load_regions(source: str | os.PathLike | StageInput, *, regions: bool = True) -> RegionFeatures:
+    """Load a regions file (path or an opened stage). ``regions=False`` skips the grids
+    (only the global vectors: much less memory)."""
+    stage = source if isinstance(source, StageInput) else open_stage(source, "regions")
+    owned = not isinstance(source, StageInput)
+    try:
+        meta = dict(stage.meta.producer)
+        for key in ("grid", "dim"):
+            if key not in meta:
+                raise InputError(f"{stage.name}: regions metadata lacks {key!r}")
+        gh, gw = (int(x) for x in meta["grid"])
+        dim = int(meta["dim"])
+        cols = ["image_id", "path", "width", "height", "global"] + (["regions"] if regions else [])
+        table = stage.read(cols)
+        gfield = table.schema.field("global").type
+        gdim = int(getattr(gfield, "list_size", 0) or meta.get("global_dim", dim))
+        glob = _fixed_list_numpy(table.column("global"), gdim)
+        reg = None
+        if regions:
+            rtype = table.schema.field("regions").type
+            width = gh * gw * dim
+            if getattr(rtype, "list_size", width) != width:
+                raise InputError(f"{stage.name}: regions column width {rtype.list_size} does not "
+                                 f"match grid {gh}x{gw} x dim {dim}")
+            reg = _fixed_list_numpy(table.column("regions"), width).reshape(-1, gh * gw, dim)
+        return RegionFeatures(
+            image_ids=table.column("image_id").to_pylist(),
+            paths=table.column("path").to_pylist(),
+            width=table.column("width").to_numpy(),
+            height=table.column("height").to_numpy(),
+            regions=reg,
+            global_=glob,
+            meta=meta,
+            name=stage.name,
+        )
+    finally:
+        if owned:
+            stage.close()
+
+
+def feature_signature(meta: dict[str, Any] | Any) -> dict[str, Any]:
+    """What decides feature values: backbone, weights identity, pretrained, image_size,
+    grid, dim, global_dim. Accepts a producer dict, a StageMeta, a StageInput or
+    RegionFeatures. Store it with a model and compare with :func:`check_signature`."""
+    if isinstance(meta, RegionFeatures):
+        meta = meta.meta
+    elif isinstance(meta, StageInput):
+        meta = meta.meta.producer
+    elif hasattr(meta, "producer"):
+        meta = meta.producer
+    missing = [k for k in SIGNATURE_KEYS[:-1] if k not in meta]
+    if missing:
+        raise InputError(f"regions metadata lacks {', '.join(missing)}")
+    return {
+        "backbone": str(meta["backbone"]),
+        "weights": str(meta["weights"]),
+        "pretrained": bool(meta["pretrained"]),
+        "image_size": int(meta["image_size"]),
+        "grid": [int(meta["grid"][0]), int(meta["grid"][1])],
+        "dim": int(meta["dim"]),
+        "global_dim": int(meta.get("global_dim", meta["dim"])),
+    }
+
+
+def check_signature(expected: dict[str, Any], meta: Any, what: str) -> None:
+    """Raise one InputError line when ``meta``'s features differ from ``expected``."""
+    got = feature_signature(meta)
+    want = feature_signature(expected)
+    diff = [k for k in SIGNATURE_KEYS if want.get(k) != got.get(k)]
+    if diff:
+        parts = ", ".join(f"{k} {got.get(k)!r} (expected {want.get(k)!r})" for k in diff)
+        raise InputError(f"{what}: features differ from the model's: {parts}")
+
+
+def weights_arg(identity: str, local: str | None = None) -> str:
+    """The ``weights=`` argument that reproduces a recorded weights identity.
+
+    ``none`` -> "none"; a package or ``torchvision:Enum.NAME`` identity -> the default or the
+    enum name (the loaded identity is checked afterwards); ``file:NAME sha256:...`` -> the
+    local path the caller gives (``local``), which must exist.
+    """
+    if identity == "none":
+        return "none"
+    if identity.startswith("torchvision:"):
+        return identity.rsplit(".", 1)[-1]
+    if identity.startswith("file:"):
+        if not local or local in ("default", "none") or not os.path.isfile(local):
+            raise UsageError(
+                f"the features were made with a local weights file ({identity}); give its path "
+                "with --weights PATH"
+            )
+        return local
+    return "default"
