@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smcli import __version__
-from smcli.errors import InputError, UsageError
+from smcli.errors import InputError, SmcliError, UsageError
 
 META_KEY = b"smcli"
 PARQUET_MAGIC = b"PAR1"
@@ -69,7 +69,9 @@ class StageMeta:
     def from_kv(cls, kv: Mapping[bytes, bytes] | None) -> StageMeta | None:
         if not kv or META_KEY not in kv:
             return None
-        header = json.loads(kv[META_KEY])
+        header = json.loads(kv[META_KEY])  # ValueError when it is not JSON
+        if not isinstance(header, dict) or not isinstance(header.get("producer", {}), dict):
+            raise ValueError("smcli metadata is not a JSON object with a producer object")
         prefix = META_KEY + b"."
         blobs = {k[len(prefix):].decode(): v for k, v in kv.items() if k.startswith(prefix)}
         return cls(
@@ -163,7 +165,13 @@ def _first_line(exc: BaseException) -> str:
 def open_any(path: str | os.PathLike) -> StageInput:
     """Open any Parquet file; ``meta.kind`` is ``"?"`` when smcli did not write it."""
     pf, spool = _open_parquet(path)
-    meta = StageMeta.from_kv(pf.schema_arrow.metadata) or StageMeta("?", 0, "?")
+    try:
+        meta = StageMeta.from_kv(pf.schema_arrow.metadata) or StageMeta("?", 0, "?")
+    except ValueError as exc:  # includes json.JSONDecodeError
+        pf.close()
+        if spool is not None:
+            spool.close()
+        raise InputError(f"{display_name(path)}: unreadable smcli metadata ({exc})") from None
     return StageInput(display_name(path), pf, meta, spool)
 
 
@@ -223,12 +231,7 @@ class OutputTarget:
 def resolve_output(output: str | os.PathLike | None, *, what: str = "Parquet") -> OutputTarget:
     """Decide where output goes, refusing a terminal. Call before doing any work."""
     if output is not None and str(output) != "-":
-        path = Path(output)
-        if path.is_dir():
-            raise UsageError(f"-o {output}: is a directory; give a file name")
-        if not path.parent.exists():
-            raise UsageError(f"-o {output}: directory {path.parent} does not exist")
-        return OutputTarget(path)
+        return OutputTarget(check_output_path(output))
     if sys.stdout.isatty():
         raise UsageError(
             f"refusing to write {what} to a terminal; use -o FILE or pipe the output "
@@ -237,12 +240,33 @@ def resolve_output(output: str | os.PathLike | None, *, what: str = "Parquet") -
     return OutputTarget(None)
 
 
+def check_output_path(output: str | os.PathLike, option: str = "-o") -> Path:
+    """Check that a file can be created at ``output`` (before doing any work)."""
+    path = Path(output)
+    if path.is_dir():
+        raise UsageError(f"{option} {output}: is a directory; give a file name")
+    if not path.parent.exists():
+        raise UsageError(f"{option} {output}: directory {path.parent} does not exist")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class AtomicFile:
     """A binary file written under a temporary name and renamed into place on commit."""
 
     def __init__(self, path: Path):
         self.path = path
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        except OSError as exc:
+            raise SmcliError(f"{path}: cannot write ({exc.strerror})") from None
+        # mkstemp creates the file 0600; give the result the mode a plain open() would.
+        os.fchmod(fd, 0o666 & ~_umask())
         self.tmp_path = Path(tmp)
         self.handle: IO[bytes] = os.fdopen(fd, "wb")
 
@@ -256,6 +280,47 @@ class AtomicFile:
         if not self.handle.closed:
             self.handle.close()
         self.tmp_path.unlink(missing_ok=True)
+
+
+class _StdoutSink:
+    """stdout as the sink of a Parquet stream that can be cut off.
+
+    A failed stream must not end with a valid footer (the reader would take the rows so far
+    for the whole file): after :meth:`cut` nothing more reaches stdout, so the reader sees
+    a truncated file and says so.
+    """
+
+    def __init__(self, raw: IO[bytes]):
+        self._raw = raw
+        self._cut = False
+        self._pos = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        if not self._cut:
+            self._raw.write(data)
+        self._pos += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def flush(self) -> None:
+        if not self._cut:
+            self._raw.flush()
+
+    def cut(self) -> None:
+        self._cut = True
+
+    def close(self) -> None:  # stdout itself stays open
+        self.flush()
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
 
 
 class StageWriter:
@@ -281,11 +346,12 @@ class StageWriter:
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._atomic: AtomicFile | None = None
+        self._stdout: _StdoutSink | None = None
         if target.path is not None:
             self._atomic = AtomicFile(target.path)
             sink: Any = self._atomic.handle
         else:
-            sink = sys.stdout.buffer
+            sink = self._stdout = _StdoutSink(sys.stdout.buffer)
         self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd")
 
     def write(self, data: pa.RecordBatch | pa.Table | Mapping[str, Any]) -> None:
@@ -301,16 +367,21 @@ class StageWriter:
         if self._pending_rows >= self.row_group_size:
             self._flush()
 
-    def _flush(self) -> None:
+    def _flush(self, final: bool = False) -> None:
+        """Write the pending rows as full row groups; the rest waits (unless ``final``)."""
         if not self._pending:
             return
         table = pa.Table.from_batches(self._pending, schema=self.schema)
-        self._writer.write_table(table, row_group_size=self.row_group_size)
-        self.rows_written += table.num_rows
-        self._pending, self._pending_rows = [], 0
+        n = table.num_rows if final else table.num_rows - table.num_rows % self.row_group_size
+        if n == 0:
+            return
+        self._writer.write_table(table.slice(0, n), row_group_size=self.row_group_size)
+        self.rows_written += n
+        rest = table.slice(n)
+        self._pending, self._pending_rows = rest.to_batches(), rest.num_rows
 
     def close(self) -> None:
-        self._flush()
+        self._flush(final=True)
         self._writer.close()
         if self._atomic is not None:
             self._atomic.commit()
@@ -318,6 +389,8 @@ class StageWriter:
             sys.stdout.buffer.flush()
 
     def abort(self) -> None:
+        if self._stdout is not None:
+            self._stdout.cut()  # no footer: the reader must see a truncated stream
         try:
             self._writer.close()
         except Exception:  # noqa: BLE001 - the writer may already be broken; we discard it
