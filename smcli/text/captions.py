@@ -39,11 +39,16 @@ class TokenizeOptions:
 
 def clean_records(records: Iterable[CaptionRecord], source: str,
                   report: RunReport) -> tuple[list[CaptionRecord], list[list[str]], int]:
-    """Drop (and report) empty captions and repeated caption ids; returns rows, tokens, count read."""
+    """Drop (and report) empty captions and repeated caption ids; returns rows, tokens, count read.
+
+    The count read includes the rows the reader itself rejected while it was being iterated
+    (malformed lines, say), so that read = kept + rejected.
+    """
     kept: list[CaptionRecord] = []
     tokens: list[list[str]] = []
     seen: dict[str, str] = {}
     read = 0
+    rejects_before = len(report.rejects)
     for rec in records:
         read += 1
         toks = tokenize(rec.caption)
@@ -57,14 +62,19 @@ def clean_records(records: Iterable[CaptionRecord], source: str,
         seen[rec.caption_id] = rec.location
         kept.append(rec)
         tokens.append(toks)
+    rejected_here = read - len(kept)
+    read += len(report.rejects) - rejects_before - rejected_here  # the reader's own rejects
     return kept, tokens, read
 
 
 def choose_vocab(rows: list[CaptionRecord], tokens: list[list[str]], opts: TokenizeOptions,
-                 command: str = "tokenize") -> tuple[Vocab, str]:
-    """The vocabulary to encode with, and where it came from ("train", "all", "file")."""
+                 command: str = "tokenize", loaded: Vocab | None = None) -> tuple[Vocab, str]:
+    """The vocabulary to encode with, and where it came from ("train", "all", "file").
+
+    ``loaded`` is the vocabulary of ``opts.vocab`` when the caller has already read it.
+    """
     if opts.vocab:
-        return Vocab.load(opts.vocab), f"file:{Path(opts.vocab).name}"
+        return loaded or Vocab.load(opts.vocab), f"file:{Path(opts.vocab).name}"
     train = [t for r, t in zip(rows, tokens) if r.split in TRAIN_SPLITS]
     if any(r.split is not None for r in rows):
         if not train:
@@ -79,6 +89,7 @@ def tokenize_file(path: str, target: OutputTarget, opts: TokenizeOptions,
     """Read a caption file, tokenize it and write a captions Parquet file; returns counts."""
     source = "<stdin>" if path == "-" else path
     splits = read_splits(opts.splits) if opts.splits else None
+    loaded = Vocab.load(opts.vocab) if opts.vocab else None  # fail before reading the input
     fmt, records = read_captions(path, opts.fmt, report, opts.columns)
     rows, tokens, read = clean_records(records, source, report)
     if splits is not None:
@@ -87,7 +98,7 @@ def tokenize_file(path: str, target: OutputTarget, opts: TokenizeOptions,
         unsplit = sum(r.split is None for r in rows)
         if unsplit:
             warn("tokenize", f"{unsplit:,} caption(s) whose image is not in {opts.splits} get no split")
-    vocab, vocab_from = choose_vocab(rows, tokens, opts)
+    vocab, vocab_from = choose_vocab(rows, tokens, opts, loaded=loaded)
     if opts.vocab_out:
         vocab.save(opts.vocab_out)
     table = pa.table({
@@ -114,7 +125,8 @@ def tokenize_file(path: str, target: OutputTarget, opts: TokenizeOptions,
     split_counts = table.group_by("split").aggregate([("caption_id", "count")]).to_pylist()
     by_split = ", ".join(f"{d['split'] or 'none'} {d['caption_id_count']:,}"
                          for d in sorted(split_counts, key=lambda d: str(d["split"])))
-    report_line = f"vocabulary {len(vocab):,} tokens from {vocab_from} (hash {vocab.hash}); splits: {by_split}"
+    report_line = (f"vocabulary {len(vocab):,} tokens from {vocab_from} (hash {vocab.hash}); "
+                   f"splits: {by_split or 'no rows'}")
     from smcli.report import say
 
     say("tokenize", report_line)

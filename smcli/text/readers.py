@@ -60,7 +60,7 @@ def detect_format(name: str, data: bytes) -> str:
     """Guess the format from the content (the extension only breaks ties)."""
     if data[:4] == b"PAR1":
         return "parquet"
-    head = data[:65536].lstrip()
+    head = data[:65536].removeprefix(b"\xef\xbb\xbf").lstrip()  # a UTF-8 BOM is not content
     if head[:1] in (b"{", b"["):
         # Karpathy's dataset_*.json has "sentences" per image; COCO has "annotations".
         if b'"sentences"' in data[:1 << 20]:
@@ -132,17 +132,24 @@ def read_karpathy(name: str, data: bytes, report: RunReport) -> Iterator[Caption
     if not isinstance(images, list):
         raise InputError(f"{name}: Karpathy json without an 'images' list")
     for i, img in enumerate(images):
-        filename = img.get("filename")
-        if not filename:
+        filename = img.get("filename") if isinstance(img, dict) else None
+        if not filename or not isinstance(filename, str):
             report.reject(name, f"images[{i}]", "image without a filename")
             continue
         image_id = f"{img['filepath']}/{filename}" if img.get("filepath") else filename
-        for k, sent in enumerate(img.get("sentences", [])):
-            raw = sent.get("raw")
-            if raw is None:
-                raw = " ".join(sent.get("tokens", []))
-            yield CaptionRecord(f"{image_id}#{k}", image_id, raw, img.get("split"),
-                                f"images[{i}].sentences[{k}]")
+        sentences = img.get("sentences", [])
+        if not isinstance(sentences, list):
+            report.reject(name, f"images[{i}]", "'sentences' is not a list")
+            continue
+        for k, sent in enumerate(sentences):
+            where = f"images[{i}].sentences[{k}]"
+            raw = sent.get("raw") if isinstance(sent, dict) else None
+            if raw is None and isinstance(sent, dict) and isinstance(sent.get("tokens"), list):
+                raw = " ".join(str(t) for t in sent["tokens"])
+            if not isinstance(raw, str):
+                report.reject(name, where, "sentence without a 'raw' text or 'tokens' list")
+                continue
+            yield CaptionRecord(f"{image_id}#{k}", image_id, raw, img.get("split"), where)
 
 
 def read_coco(name: str, data: bytes, report: RunReport) -> Iterator[CaptionRecord]:
@@ -150,33 +157,67 @@ def read_coco(name: str, data: bytes, report: RunReport) -> Iterator[CaptionReco
     doc = _load_json(name, data)
     if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
         raise InputError(f"{name}: COCO json without an 'annotations' list")
-    files = {img.get("id"): img.get("file_name") for img in doc.get("images", [])}
+    images = doc.get("images", [])
+    files = {img.get("id"): img.get("file_name")
+             for img in (images if isinstance(images, list) else []) if isinstance(img, dict)}
     for i, ann in enumerate(doc["annotations"]):
+        if not isinstance(ann, dict):
+            report.reject(name, f"annotations[{i}]", "annotation is not a JSON object")
+            continue
         image_id = files.get(ann.get("image_id"))
         if image_id is None:
             report.reject(name, f"annotations[{i}]",
                           f"image id {ann.get('image_id')!r} not in the images list")
             continue
+        caption = ann.get("caption")
+        if caption is not None and not isinstance(caption, str):
+            report.reject(name, f"annotations[{i}]", "caption is not a string")
+            continue
         yield CaptionRecord(str(ann.get("id", f"{image_id}#{i}")), image_id,
-                            ann.get("caption") or "", None, f"annotations[{i}]")
+                            caption or "", None, f"annotations[{i}]")
 
 
 def read_csv(name: str, data: bytes, report: RunReport, columns: ColumnNames) -> Iterator[CaptionRecord]:
-    """CSV or TSV with a header; image and caption columns found by name."""
+    """CSV or TSV with a header; image and caption columns found by name.
+
+    CSV follows RFC 4180 quoting; TSV is read without quoting (fields are split at tabs).
+    """
     text = decode_text(name, data)
     first = text.split("\n", 1)[0]
     delimiter = "\t" if name.lower().endswith(".tsv") or first.count("\t") > first.count(",") else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader, None)
+    # TSV fields cannot hold a tab, so TSV files (Conceptual Captions, say) do not quote: a
+    # caption that starts with '"' is text, not an opening quote that would swallow lines.
+    # In CSV, strict quoting makes an unclosed quote an error instead of a caption that
+    # silently swallows the rest of the file.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting,
+                        strict=delimiter != "\t")
+
+    def malformed(exc: csv.Error) -> InputError:
+        return InputError(
+            f"{name}: line {reader.line_num}: malformed CSV ({exc}); check the quotes")
+
+    try:
+        header = next(reader, None)
+    except csv.Error as exc:
+        raise malformed(exc) from None
     if header is None:
         raise InputError(f"{name}: empty file, expected a header row")
     header = [h.strip() for h in header]
 
     def rows() -> Iterator[tuple[str, dict[str, str]]]:
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            yield f"line {reader.line_num}", dict(zip(header, row))
+        try:
+            for row in reader:
+                if not any(cell.strip() for cell in row):
+                    continue
+                if len(row) > len(header):  # an unquoted delimiter would cut the caption short
+                    report.reject(
+                        name, f"line {reader.line_num}",
+                        f"{len(row)} cells for {len(header)} columns (quote the caption?)")
+                    continue
+                yield f"line {reader.line_num}", dict(zip(header, row))
+        except csv.Error as exc:
+            raise malformed(exc) from None
 
     yield from _records_from_rows(name, header, rows(), report, columns)
 
