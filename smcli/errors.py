@@ -6,7 +6,7 @@ EXIT_OK = 0
 EXIT_ERROR = 1  # bad input, incompatible files, a failed run
 EXIT_USAGE = 2  # bad arguments, a command that is not implemented
 EXIT_INTERRUPTED = 130  # Ctrl-C
-EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (like SIGPIPE)
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (like SIGPIPE); typer and rich exit 1
 
 
 class SmcliError(Exception):

@@ -22,19 +22,53 @@ from smcli.cli import inspect as _inspect  # noqa: E402,F401
 
 def main() -> None:
     """Console entry point: one error line and an exit code, never a traceback."""
-    from smcli.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, SmcliError
+    import errno
+
+    import typer
+
+    from smcli.errors import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, SmcliError
+
+    try:  # typer >= 0.2x vendors click as typer._click; older versions use click itself
+        from typer._click import exceptions as click_exc
+    except ImportError:  # pragma: no cover - depends on the installed typer
+        from click import exceptions as click_exc
 
     try:
-        app()
+        # standalone_mode=False: click hands usage errors, a broken pipe and Ctrl-C to us
+        # instead of printing a boxed usage message or exiting 1 on EPIPE.
+        rv = app(standalone_mode=False)
     except SmcliError as exc:
         _stderr_line(f"smcli: error: {exc}")
         sys.exit(exc.exit_code)
-    except BrokenPipeError:
-        _quiet_broken_pipe()
-        sys.exit(EXIT_BROKEN_PIPE)
-    except KeyboardInterrupt:
+    except click_exc.ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # help was already printed
+            sys.exit(exc.exit_code)
+        message = " ".join(exc.format_message().split())
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        _stderr_line(f"smcli: error: {message}{hint}")
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         _stderr_line("smcli: interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as exc:
+        # typer and rich end a run whose stdout reader went away themselves (quietly, exit
+        # 1); a broken pipe that reaches us still ends quietly.
+        if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
+            _quiet_broken_pipe()
+            sys.exit(EXIT_BROKEN_PIPE)
+        # A file system problem (permission denied, disk full, missing directory): one line.
+        where = f": {exc.filename}" if exc.filename else ""
+        _stderr_line(f"smcli: error: {exc.strerror or _first_line(exc)}{where}")
+        sys.exit(EXIT_ERROR)
+    if rv == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+        _stderr_line("smcli: interrupted")
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _stderr_line(line: str) -> None:

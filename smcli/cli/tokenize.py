@@ -39,11 +39,14 @@ def tokenize_cmd(
     Example: smcli tokenize Flickr8k.token.txt --splits splits.csv -o captions.parquet
     """
     from smcli.report import RunReport
-    from smcli.stage import resolve_output
+    from smcli.stage import check_output_path, resolve_output
     from smcli.text.captions import TokenizeOptions, tokenize_file
     from smcli.text.readers import ColumnNames
 
     target = resolve_output(output)
+    for option, path in (("--vocab-out", vocab_out), ("--errors", errors)):
+        if path is not None:
+            check_output_path(path, option)
     report = RunReport("tokenize", errors_path=errors, strict=strict)
     opts = TokenizeOptions(fmt=fmt, splits=splits, vocab=vocab, vocab_out=vocab_out,
                            min_count=min_count,
