@@ -339,3 +339,25 @@ def test_inspect_any_parquet_and_bad_files(tmp_path):
         rc, out, err = run_main("inspect", name, cwd=tmp_path)
         assert_one_line_error(rc, err, name, fragment)
         assert out == b""
+
+
+def test_ctrl_c_is_one_line_exit_130_and_no_file(tmp_path, monkeypatch):
+    """Ctrl-C while reading stdin (in process: stdin raises KeyboardInterrupt)."""
+    import io
+
+    class Interrupting(io.BytesIO):
+        def read(self, *args):
+            raise KeyboardInterrupt
+
+    from smcli.cli import main
+
+    monkeypatch.setattr(sys, "stdin", type("Stdin", (), {"buffer": Interrupting()})())
+
+    monkeypatch.setattr(sys, "argv", ["smcli", "tokenize", "-", "-o", str(tmp_path / "o.parquet")])
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", err)
+    with pytest.raises(SystemExit) as exc:
+        main()
+    assert exc.value.code == 130
+    assert err.getvalue() == "smcli: interrupted\n"
+    assert listing(tmp_path) == []
