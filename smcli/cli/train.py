@@ -2,15 +2,74 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from smcli.cli.app import app, not_implemented
-
-_ANY_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+from smcli.cli.app import app
 
 
-@app.command("train", context_settings=_ANY_ARGS)
-def train_cmd(ctx: typer.Context) -> None:
-    """Train a matcher: reads regions and captions Parquet files, writes a model directory
-    (config.json, safetensors weights, vocabulary, metrics log)."""
-    not_implemented("train")
+@app.command("train")
+def train_cmd(
+    regions: str = typer.Option(..., "--regions", help="Regions Parquet from extract-regions."),
+    captions: str = typer.Option(..., "--captions", help="Captions Parquet from tokenize (with splits)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Model directory to write."),
+    variant: str = typer.Option(
+        "smlstm", "--variant",
+        help="smlstm (full) | no-context (attention without context) | mean (no selection) | "
+             "vse (one-to-one embedding) | cca (closed-form canonical correlation).",
+    ),
+    text_encoder: str = typer.Option(
+        "minilm", "--text-encoder",
+        help="minilm (frozen all-MiniLM-L6-v2 token states) | bilstm (the paper's word-vector BiLSTM).",
+    ),
+    word_vectors: str | None = typer.Option(
+        None, "--word-vectors", help="Initialise bilstm word embeddings from glove-6b-50d."
+    ),
+    epochs: int = typer.Option(30, "--epochs", min=1, help="Most epochs to train."),
+    batch_size: int = typer.Option(128, "--batch-size", min=2),
+    lr: float = typer.Option(2e-4, "--lr", min=0.0, help="Adam learning rate."),
+    lr_decay_epochs: int = typer.Option(15, "--lr-decay-epochs", min=0, help="lr x 0.1 from this epoch on (0: never)."),
+    steps: int = typer.Option(3, "--steps", min=1, help="T: attention + LSTM steps per pair."),
+    margin: float = typer.Option(0.2, "--margin", min=0.0, help="Hinge ranking margin alpha."),
+    negatives: str = typer.Option(
+        "hardest", "--negatives", help="hardest (VSE++) | sum (all negatives) | K (sum of the K hardest)."
+    ),
+    mine: int = typer.Option(
+        4, "--mine", min=0,
+        help="Negatives per positive that the embedding mines for the matcher (0: whole batch).",
+    ),
+    patience: int = typer.Option(4, "--patience", min=1, help="Stop after this many epochs without better val rsum."),
+    val_shortlist: int = typer.Option(
+        20, "--val-shortlist", min=0, help="Per-epoch val re-ranks this many candidates (0: exhaustive)."
+    ),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    precision: str = typer.Option(
+        "auto", "--precision", help="auto (bf16 autocast where the hardware has it) | fp32 | bf16."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in the same directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in the directory."),
+    max_steps: int = typer.Option(0, "--max-steps", min=0, help="Cap steps per epoch (0: all), for smoke runs."),
+) -> None:
+    """Train a matcher on the train split, choosing the epoch by val rsum (test is never used).
+
+    Writes MODEL_DIR/config.json, model.safetensors, vocab.txt and metrics.jsonl (one row per
+    epoch). Example: smcli train --regions feats.parquet --captions caps.parquet -o model/
+    """
+    from smcli.errors import UsageError
+    from smcli.models.config import TEXT_ENCODERS, VARIANTS, ModelConfig
+    from smcli.training.trainer import TrainOptions, parse_negatives, train
+
+    if variant not in VARIANTS:
+        raise UsageError(f"--variant {variant}: choose one of {', '.join(VARIANTS)}")
+    if text_encoder not in TEXT_ENCODERS:
+        raise UsageError(f"--text-encoder {text_encoder}: choose one of {', '.join(TEXT_ENCODERS)}")
+    if word_vectors is not None and text_encoder != "bilstm":
+        raise UsageError("--word-vectors applies to --text-encoder bilstm")
+    cfg = ModelConfig(variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, steps=steps)
+    opts = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay_epochs=lr_decay_epochs,
+                        margin=margin, negatives=parse_negatives(negatives), mine=mine,
+                        patience=patience, val_shortlist=val_shortlist, seed=seed, device=device, precision=precision,
+                        resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps)
+    train(regions, captions, output, cfg, opts)

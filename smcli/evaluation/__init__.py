@@ -1,0 +1,1 @@
+"""The recall protocol and batched scoring of image x caption sets."""

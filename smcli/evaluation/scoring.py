@@ -1,0 +1,124 @@
+"""Scoring many images against many captions: exhaustive (chunked) and two-stage.
+
+Exhaustive scoring is the reference: every pair goes through the matcher, in chunks of an
+image block x a caption block so that memory stays bounded. Two-stage scoring shortlists
+``k`` candidates per query with the one-to-one embedding and re-ranks only those with the
+many-to-many matcher; candidates outside the shortlist keep their embedding order below
+the shortlisted ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from smcli.models.matchers import ImageSide, TextSide
+
+SHORTLIST_OFFSET = 1e6  # re-ranked candidates sort above every embedding-only score
+
+
+def _cat(parts: list, cls):
+    fields = parts[0].__dataclass_fields__
+    return cls(**{name: (None if getattr(parts[0], name) is None
+                         else torch.cat([getattr(p, name) for p in parts]))
+                  for name in fields})
+
+
+@torch.inference_mode()
+def encode_images(model, regions: np.ndarray, global_: np.ndarray, *, batch_size: int = 256,
+                  device: str = "cpu") -> ImageSide:
+    """Per-image tensors for all images (float16 features are computed in float32)."""
+    parts = []
+    for start in range(0, len(regions), batch_size):
+        r = torch.from_numpy(np.asarray(regions[start:start + batch_size], dtype=np.float32)).to(device)
+        g = torch.from_numpy(np.asarray(global_[start:start + batch_size], dtype=np.float32)).to(device)
+        parts.append(model.encode_images(r, g))
+    return _cat(parts, ImageSide)
+
+
+@torch.inference_mode()
+def encode_texts(model, store, index: np.ndarray | None = None, *, batch_size: int = 512,
+                 device: str = "cpu") -> TextSide:
+    """Per-caption tensors for captions ``index`` of a text store (all by default),
+    padded to one length so that any pair can be scored."""
+    index = np.arange(len(store)) if index is None else np.asarray(index)
+    max_len = store.max_len(index)
+    parts = [model.encode_texts(store.batch(index[s:s + batch_size], device=device, max_len=max_len))
+             for s in range(0, len(index), batch_size)]
+    return _cat(parts, TextSide)
+
+
+def is_many_to_many(model) -> bool:
+    return bool(getattr(model.cfg, "many_to_many", False))
+
+
+@torch.inference_mode()
+def exhaustive_scores(model, img: ImageSide, txt: TextSide, *, pairs_per_chunk: int = 4096,
+                      progress=None) -> np.ndarray:
+    """Scores of every image x every caption, [I, C] float32."""
+    n_img, n_cap = len(img), len(txt)
+    if not is_many_to_many(model):
+        return model.score_grid(img, txt).float().cpu().numpy()
+    out = np.empty((n_img, n_cap), dtype=np.float32)
+    cap_block = min(n_cap, 512)
+    img_block = max(1, pairs_per_chunk // cap_block)
+    for c0 in range(0, n_cap, cap_block):
+        t = txt.select(torch.arange(c0, min(c0 + cap_block, n_cap), device=txt.emb.device))
+        for i0 in range(0, n_img, img_block):
+            i1 = min(i0 + img_block, n_img)
+            block = img.select(torch.arange(i0, i1, device=img.emb.device))
+            out[i0:i1, c0:c0 + len(t)] = model.score_grid(block, t).float().cpu().numpy()
+            if progress is not None:
+                progress((i1 - i0) * len(t))
+    return out
+
+
+@dataclass
+class TwoStageScores:
+    i2t: np.ndarray  # [I, C] image -> text ranking scores
+    t2i: np.ndarray  # [I, C] text -> image ranking scores
+    pairs_scored: int
+
+
+def top_k(scores: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    return scores.topk(min(k, scores.shape[dim]), dim=dim).indices
+
+
+@torch.inference_mode()
+def score_pair_list(model, img: ImageSide, txt: TextSide, ii: torch.Tensor, cc: torch.Tensor,
+                    *, chunk: int = 8192, progress=None) -> torch.Tensor:
+    out = []
+    for s in range(0, len(ii), chunk):
+        out.append(model.score_pairs(img, txt, ii[s:s + chunk], cc[s:s + chunk]).float())
+        if progress is not None:
+            progress(len(out[-1]))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+@torch.inference_mode()
+def two_stage_scores(model, img: ImageSide, txt: TextSide, shortlist: int, *,
+                     progress=None) -> TwoStageScores:
+    """Shortlist ``shortlist`` candidates per query by embedding, re-rank them by the model."""
+    emb = model.embedding_grid(img, txt).float()  # [I, C]
+    if not is_many_to_many(model):
+        e = emb.cpu().numpy()
+        return TwoStageScores(e, e, 0)
+    n_img, n_cap = emb.shape
+    cap_for_img = top_k(emb, shortlist, dim=1)  # [I, k]
+    img_for_cap = top_k(emb, shortlist, dim=0)  # [k, C]
+    ii_a = torch.arange(n_img, device=emb.device).repeat_interleave(cap_for_img.shape[1])
+    cc_a = cap_for_img.reshape(-1)
+    ii_b = img_for_cap.T.reshape(-1)
+    cc_b = torch.arange(n_cap, device=emb.device).repeat_interleave(img_for_cap.shape[0])
+    # score the union of both shortlists once
+    key = torch.cat([ii_a * n_cap + cc_a, ii_b * n_cap + cc_b])
+    uniq, inverse = torch.unique(key, return_inverse=True)
+    s = score_pair_list(model, img, txt, uniq // n_cap, uniq % n_cap, progress=progress)
+    s_a, s_b = s[inverse[: len(ii_a)]], s[inverse[len(ii_a):]]
+    i2t = emb.double().clone()
+    i2t[ii_a, cc_a] = SHORTLIST_OFFSET + s_a.double()
+    t2i = emb.double().clone()
+    t2i[ii_b, cc_b] = SHORTLIST_OFFSET + s_b.double()
+    return TwoStageScores(i2t.cpu().numpy(), t2i.cpu().numpy(), len(uniq))

@@ -1,0 +1,52 @@
+"""Model configuration: every hyperparameter of a matcher, saved as config.json."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+VARIANTS = ("smlstm", "no-context", "mean", "vse", "cca")
+TEXT_ENCODERS = ("minilm", "bilstm")
+
+
+@dataclass
+class ModelConfig:
+    variant: str = "smlstm"
+    text_encoder: str = "minilm"
+    # what the model was built for; set from the data before training
+    img_dim: int = 1280
+    regions: int = 49
+    vocab_size: int = 0
+    # sentence side (bilstm)
+    word_vectors: str | None = None  # "glove-6b-50d" initialises the word embeddings
+    word_dim: int = 300
+    lstm_dim: int = 512  # [forward; backward], each half of this
+    # sm-LSTM
+    inst_dim: int = 512  # regions and words projected to this
+    ctx_dim: int = 256  # each modality's context vector
+    att_dim: int = 256  # hidden size of the saliency MLPs
+    sim_dim: int = 512  # local similarity vector x_t
+    hidden_dim: int = 512  # multimodal LSTM state
+    steps: int = 3  # T
+    score_head: str = "mlp"  # "mlp" on h_T, or "sum": a learned sum over h_1..h_T
+    dropout: float = 0.1
+    # one-to-one embedding head (the vse variant, shortlisting, negative mining)
+    emb_dim: int = 1024
+    # cca
+    cca_dim: int = 256
+    cca_reg: float = 1e-3
+    cca_power: float = 1.0  # score weights canonical correlations ** power
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def many_to_many(self) -> bool:
+        return self.variant in ("smlstm", "no-context", "mean")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,56 @@
+"""Results for people and for pipes: a readable table at a terminal, Parquet otherwise."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import pyarrow as pa
+
+from smcli.stage import OutputTarget, new_meta, write_table
+
+
+def wants_table(output: str | None) -> bool:
+    """A human reads stdout: no -o given and stdout is a terminal."""
+    return output is None and sys.stdout.isatty()
+
+
+def emit(table: pa.Table, kind: str, producer: dict, output: str | None, *,
+         title: str = "", show: Sequence[str] | None = None, group: str | None = None) -> int:
+    """Write ``table`` as an smcli file of ``kind`` to -o / a pipe, or print it at a terminal.
+
+    ``show`` picks the columns printed; ``group`` starts a new block when its value changes.
+    Returns the number of rows.
+    """
+    if not wants_table(output):
+        from smcli.stage import resolve_output
+
+        target: OutputTarget = resolve_output(output)
+        return write_table(target, table, new_meta(kind, producer))
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = list(show or table.column_names)
+    rows = table.select(cols).to_pylist()
+    console = Console()
+    view = Table(title=title or None, show_lines=False, title_justify="left")
+    for c in cols:
+        view.add_column(c, overflow="fold", justify="right" if c in ("rank", "score") else "left")
+    previous = _START
+    for row in rows:
+        if group is not None:
+            if previous is not _START and row[group] != previous:
+                view.add_section()
+            previous = row[group]
+        view.add_row(*[_fmt(row[c]) for c in cols])
+    console.print(view)
+    return len(rows)
+
+
+_START = object()
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value)

@@ -1,0 +1,1 @@
+"""Using a trained matcher: scoring pairs, retrieval, caption ranking, saved indexes."""

@@ -1,0 +1,125 @@
+"""A trained matcher ready to use: loaded once, checked against the files it is given.
+
+:class:`MatchSession` is what ``score``, ``retrieve``, ``caption-rank`` and ``explain`` share:
+it loads a model directory, refuses region features from another backbone and captions
+with another vocabulary (one line saying which), turns images and texts into the model's
+per-side tensors, and scores pairs in batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from smcli.errors import InputError
+from smcli.evaluation.scoring import encode_images, encode_texts, score_pair_list
+from smcli.models.factory import LoadedModel, load_model
+from smcli.models.matchers import ImageSide, TextSide
+from smcli.models.text_inputs import make_text_store
+from smcli.runtime import autocast, resolve_device, resolve_precision
+from smcli.text.normalize import tokenize
+from smcli.text.vocab import UNK_ID
+
+
+@dataclass
+class Gallery:
+    """Images with their per-image model tensors."""
+
+    image_ids: list[str]
+    paths: list[str]
+    side: ImageSide
+
+    def position(self) -> dict[str, int]:
+        return {k: i for i, k in enumerate(self.image_ids)}
+
+
+@dataclass
+class Texts:
+    """Captions or queries with their per-caption model tensors."""
+
+    ids: list[str]
+    texts: list[str]
+    side: TextSide
+
+
+class MatchSession:
+    def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "auto"):
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.loaded: LoadedModel = load_model(model_dir, self.device)
+        self.model = self.loaded.model
+
+    @property
+    def name(self) -> str:
+        return str(self.loaded.directory)
+
+    @property
+    def many_to_many(self) -> bool:
+        return self.loaded.config.many_to_many
+
+    def producer(self) -> dict:
+        """Metadata for files this session writes."""
+        cfg = self.loaded.config
+        return {"model": self.name, "model_hash": self.loaded.hash, "variant": cfg.variant,
+                "text_encoder": cfg.text_encoder, "features": self.loaded.info.features,
+                "vocab_hash": self.loaded.info.vocab_hash}
+
+    # -- checks -------------------------------------------------------------------------
+    def check_features(self, feats_meta: dict, name: str) -> None:
+        from smcli.images.features import check_signature
+
+        check_signature(self.loaded.info.features, feats_meta, f"{name} vs model {self.name}")
+
+    def check_captions(self, stage) -> None:
+        """Refuse captions whose token ids mean other words than the model's (bilstm)."""
+        got = stage.meta.producer.get("vocab_hash")
+        want = self.loaded.info.vocab_hash
+        if self.loaded.config.text_encoder == "bilstm" and got != want:
+            raise InputError(
+                f"{stage.name}: vocabulary {got} differs from model {self.name}'s {want}; "
+                f"tokenize with --vocab {self.loaded.directory / 'vocab.txt'}"
+            )
+
+    def check_query(self, text: str) -> None:
+        """An empty query, or one made only of words the model never saw, is refused."""
+        toks = tokenize(text)
+        if not toks:
+            raise InputError(f"query {text!r}: empty")
+        if all(i == UNK_ID for i in self.loaded.vocab.encode(toks)):
+            raise InputError(f"query {text!r}: no word of it is in the model's vocabulary")
+
+    # -- sides --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def gallery(self, image_ids: Sequence[str], paths: Sequence[str], regions: np.ndarray,
+                global_: np.ndarray) -> Gallery:
+        with autocast(self.device, self.precision):
+            side = encode_images(self.model, regions, global_, device=self.device)
+        return Gallery(list(image_ids), list(paths), side)
+
+    @torch.inference_mode()
+    def texts(self, ids: Sequence[str], texts: Sequence[str],
+              token_ids: Sequence[Sequence[int]] | None = None, *, cache: bool = True) -> Texts:
+        store = make_text_store(self.loaded.config, list(texts), self.loaded.vocab, token_ids,
+                                cache=cache, device=self.device)
+        with autocast(self.device, self.precision):
+            side = encode_texts(self.model, store, device=self.device)
+        return Texts(list(ids), list(texts), side)
+
+    # -- scores -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def score_pairs(self, gallery: Gallery, texts: Texts, ii: np.ndarray, cc: np.ndarray,
+                    progress=None) -> np.ndarray:
+        with autocast(self.device, self.precision):
+            s = score_pair_list(self.model, gallery.side, texts.side,
+                                torch.as_tensor(ii, device=self.device),
+                                torch.as_tensor(cc, device=self.device), progress=progress)
+        return s.cpu().numpy().astype(np.float64)
+
+    @torch.inference_mode()
+    def embedding_scores(self, gallery: Gallery, texts: Texts) -> np.ndarray:
+        """One-to-one scores [images, texts] (the shortlist score)."""
+        return self.model.embedding_grid(gallery.side, texts.side).float().cpu().numpy()

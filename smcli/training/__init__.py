@@ -1,0 +1,1 @@
+"""Training matchers: data joining, ranking losses, the training loop, resumable checkpoints."""

@@ -1,0 +1,48 @@
+"""Bidirectional hinge ranking losses (margin alpha).
+
+``negatives`` chooses how the negatives of each positive pair are combined:
+"hardest" (VSE++: only the hardest), "sum" (the paper: all of them), or an integer K
+(the sum over the K hardest).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _reduce(violations: torch.Tensor, negatives: str | int) -> torch.Tensor:
+    """violations [B, K] (a huge negative where not a negative) -> hinge loss [B]."""
+    if negatives == "hardest":
+        violations = violations.max(1, keepdim=True).values
+    elif negatives != "sum":
+        violations = violations.topk(min(int(negatives), violations.shape[1]), dim=1).values
+    return violations.clamp(min=0).sum(1)
+
+
+def ranking_loss_grid(scores: torch.Tensor, positive: torch.Tensor, margin: float,
+                      negatives: str | int = "hardest") -> torch.Tensor:
+    """Loss over a square batch: scores[i, j] = s(image of pair i, caption of pair j).
+
+    ``positive[i, j]`` marks pairs that match (the diagonal, plus captions of the same image).
+    """
+    diag = scores.diagonal()
+    neg_inf = torch.finfo(scores.dtype).min
+    cost_c = (margin + scores - diag[:, None]).masked_fill(positive, neg_inf)  # image i vs caption j
+    cost_i = (margin + scores - diag[None, :]).masked_fill(positive, neg_inf)  # caption j vs image i
+    return (_reduce(cost_c, negatives) + _reduce(cost_i.T, negatives)).mean()
+
+
+def ranking_loss_mined(pos: torch.Tensor, neg_captions: torch.Tensor, neg_images: torch.Tensor,
+                       margin: float, negatives: str | int = "hardest",
+                       valid_captions: torch.Tensor | None = None,
+                       valid_images: torch.Tensor | None = None) -> torch.Tensor:
+    """Loss from mined negatives: pos [B], neg_captions [B, K] (other captions for the
+    positive's image), neg_images [B, K] (other images for the positive's caption)."""
+    neg_inf = torch.finfo(pos.dtype).min
+    cost_c = margin + neg_captions - pos[:, None]
+    cost_i = margin + neg_images - pos[:, None]
+    if valid_captions is not None:
+        cost_c = cost_c.masked_fill(~valid_captions, neg_inf)
+    if valid_images is not None:
+        cost_i = cost_i.masked_fill(~valid_images, neg_inf)
+    return (_reduce(cost_c, negatives) + _reduce(cost_i, negatives)).mean()

@@ -1,0 +1,353 @@
+"""The training loop: train on the train split, choose the epoch on val, never touch test.
+
+Each step takes a batch of training captions with their images. The one-to-one embedding
+head is trained with VSE++'s in-batch ranking loss; the many-to-many matcher is trained on
+the positive pairs and, per positive, the ``mine`` hardest negative captions and images as
+ranked by the (cheap) embedding (DESIGN.md section 2), or on the whole batch with
+``mine=0``. After every epoch the model is evaluated on val (R@1/5/10 both ways, rsum);
+the best epoch is kept, and training stops early when val stops improving.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from smcli.errors import UsageError
+from smcli.evaluation.recall import RecallMetrics, recall_metrics
+from smcli.evaluation.scoring import encode_images, encode_texts, exhaustive_scores, two_stage_scores
+from smcli.models.config import ModelConfig
+from smcli.models.factory import ModelInfo, create_model, save_model
+from smcli.models.text_inputs import make_text_store
+from smcli.report import say
+from smcli.runtime import autocast, resolve_device, resolve_precision
+from smcli.training.checkpoint import STATE_FILE, load_state, read_progress, save_state
+from smcli.training.data import MatchingData, check_splits
+from smcli.training.loss import ranking_loss_grid, ranking_loss_mined
+
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 2e-4
+    lr_decay_epochs: int = 15  # lr x 0.1 from this epoch on (VSE++); 0 = never
+    margin: float = 0.2
+    negatives: str | int = "hardest"
+    mine: int = 4  # negatives per positive mined by the embedding; 0 = score the whole batch
+    emb_weight: float = 1.0  # weight of the embedding head's loss beside the matcher's
+    grad_clip: float = 2.0
+    patience: int = 4  # stop after this many epochs without a better val rsum
+    val_shortlist: int = 20  # per-epoch val: re-rank this many candidates (0 = exhaustive)
+    checkpoint_every: int = 100  # steps between resumable checkpoints
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"  # bf16 autocast where the hardware has it (see smcli.runtime)
+    resume: bool = False
+    overwrite: bool = False
+    max_steps_per_epoch: int = 0  # 0 = all; for smoke runs
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_negatives(value: str) -> str | int:
+    if value in ("hardest", "sum"):
+        return value
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise UsageError(f"--negatives {value}: use hardest, sum or a positive integer K")
+
+
+def prepare_output(out_dir: Path, opts: TrainOptions) -> None:
+    """Refuse to clobber a model directory unless asked to."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"-o {out_dir}: exists and is not a directory")
+    if opts.resume:
+        return
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not opts.overwrite:
+            what = "an unfinished run (use --resume)" if (out_dir / STATE_FILE).exists() else "files"
+            raise UsageError(f"-o {out_dir}: directory already holds {what}; use --overwrite to replace it")
+        for name in (STATE_FILE, METRICS_FILE, "config.json", "model.safetensors", "vocab.txt"):
+            (out_dir / name).unlink(missing_ok=True)
+
+
+def feature_signature(meta: dict[str, Any]) -> dict[str, Any]:
+    from smcli.images.features import feature_signature as sig
+
+    return sig(meta)
+
+
+class Trainer:
+    def __init__(self, data: MatchingData, out_dir: Path, cfg: ModelConfig, opts: TrainOptions,
+                 log: Callable[[str], None] | None = None):
+        self.data, self.out_dir, self.opts = data, Path(out_dir), opts
+        self.log = log or (lambda msg: say("train", msg))
+        self.device = resolve_device(opts.device)
+        self.precision = resolve_precision(opts.precision, self.device)
+        self.train_caps, self.val_caps = check_splits(data)
+        cfg.img_dim = int(data.regions.shape[-1])
+        cfg.regions = int(data.regions.shape[1])
+        cfg.vocab_size = len(data.vocab)
+        if cfg.word_vectors is not None:
+            from smcli.models.glove import DIM, NAME
+
+            if cfg.word_vectors != NAME:
+                raise UsageError(f"--word-vectors {cfg.word_vectors}: only {NAME} is available")
+            cfg.word_dim = DIM
+        self.cfg = cfg
+        self.info = ModelInfo(cfg, feature_signature(data.features_meta), data.vocab.hash,
+                              {"training": {**asdict(opts), "train_captions": len(self.train_caps),
+                                            "val_captions": len(self.val_caps),
+                                            "captions_file": data.captions_name}})
+
+    # -- data ---------------------------------------------------------------------------
+    def _text_store(self):
+        """Inputs for train and val captions only (test captions are never encoded here)."""
+        used = np.concatenate([self.train_caps, self.val_caps])
+        self.log(f"preparing {self.cfg.text_encoder} inputs for {len(used):,} captions")
+        store = make_text_store(self.cfg, [self.data.captions[i] for i in used], self.data.vocab,
+                                [self.data.token_ids[i] for i in used])
+        # map global caption index -> store row
+        self.store_row = np.full(len(self.data.captions), -1, dtype=np.int64)
+        self.store_row[used] = np.arange(len(used))
+        return store
+
+    def _images(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        r = torch.from_numpy(np.asarray(self.data.regions[index], dtype=np.float32))
+        g = torch.from_numpy(np.asarray(self.data.global_[index], dtype=np.float32))
+        return r.to(self.device), g.to(self.device)
+
+    # -- evaluation ---------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(self, model, store, caps: np.ndarray, shortlist: int) -> RecallMetrics:
+        model.eval()
+        images = np.unique(self.data.caption_image[caps])
+        img_pos = np.full(len(self.data.image_ids), -1)
+        img_pos[images] = np.arange(len(images))
+        cap_img = img_pos[self.data.caption_image[caps]]
+        with autocast(self.device, self.precision):
+            img = encode_images(model, self.data.regions[images], self.data.global_[images],
+                                device=self.device)
+            txt = encode_texts(model, store, self.store_row[caps], device=self.device)
+            if shortlist:
+                two = two_stage_scores(model, img, txt, shortlist)
+                return recall_metrics(two.i2t, cap_img, two.t2i)
+            return recall_metrics(exhaustive_scores(model, img, txt), cap_img)
+
+    # -- CCA: closed form ---------------------------------------------------------------
+    def fit_cca(self) -> dict[str, Any]:
+        store = self._text_store()
+        best = None
+        for reg in (1e-4, 1e-3, 1e-2, 1e-1):
+            for power in (0.0, 1.0, 4.0):
+                cfg = ModelConfig.from_dict({**self.cfg.to_dict(), "cca_reg": reg, "cca_power": power})
+                model = create_model(cfg)
+                if cfg.text_encoder == "bilstm":
+                    from smcli.models.glove import glove_matrix
+
+                    vecs, _ = glove_matrix(self.data.vocab.tokens)
+                    model.word_vectors.copy_(torch.from_numpy(vecs))
+                with torch.inference_mode():
+                    rows = self.store_row[self.train_caps]
+                    y = torch.cat([model.sentence_vectors(store.batch(rows[s:s + 4096]))
+                                   for s in range(0, len(rows), 4096)]).numpy()
+                x = np.asarray(self.data.global_[self.data.caption_image[self.train_caps]], np.float32)
+                model.fit(x, y)
+                m = self.evaluate(model, store, self.val_caps, 0)
+                self.log(f"cca reg {reg:g} power {power:g}: val {m.short()}")
+                if best is None or m.rsum > best[0].rsum:
+                    best = (m, model, cfg)
+        metrics, model, cfg = best
+        self.cfg = cfg
+        self.info.config = cfg
+        self.info.extra["best"] = {"epoch": 0, **metrics.to_dict()}
+        save_model(self.out_dir, model, self.info, self.data.vocab)
+        self._append_metrics({"epoch": 0, "loss": None, **_prefixed(metrics), "cca_reg": cfg.cca_reg,
+                              "cca_power": cfg.cca_power})
+        return self.info.extra["best"]
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.variant == "cca":
+            return self.fit_cca()
+        opts = self.opts
+        torch.manual_seed(opts.seed)
+        store = self._text_store()
+        model = create_model(self.cfg).to(self.device)
+        if self.cfg.text_encoder == "bilstm" and self.cfg.word_vectors:
+            from smcli.models.glove import glove_matrix
+
+            vecs, hits = glove_matrix(self.data.vocab.tokens)
+            with torch.no_grad():
+                known = torch.from_numpy(vecs.any(1))
+                model.text_encoder.embed.weight[known] = torch.from_numpy(vecs[known.numpy()]).to(self.device)
+            self.log(f"GloVe vectors for {hits:,} of {len(vecs):,} words")
+        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=opts.lr)
+        progress = {"epoch": 0, "step": 0, "best_rsum": -1.0, "best_epoch": 0, "bad_epochs": 0,
+                    "config": self.cfg.to_dict(), "options": asdict(opts)}
+        if opts.resume:
+            saved = load_state(self.out_dir, model, optimizer)
+            if saved is None:
+                self.log("no saved state to resume from; starting afresh")
+            else:
+                progress = saved
+                self.log(f"resuming at epoch {progress['epoch'] + 1}, step {progress['step']}")
+        n_train = len(self.train_caps)
+        steps = math.ceil(n_train / opts.batch_size)
+        if opts.max_steps_per_epoch:
+            steps = min(steps, opts.max_steps_per_epoch)
+        self.log(f"{self.cfg.variant} ({self.cfg.text_encoder}) on {self.device} ({self.precision}): "
+                 f"{n_train:,} train / {len(self.val_caps):,} val captions, {steps} steps an epoch")
+        while progress["epoch"] < opts.epochs and progress["bad_epochs"] < opts.patience:
+            epoch = progress["epoch"]
+            lr = opts.lr * (0.1 if opts.lr_decay_epochs and epoch >= opts.lr_decay_epochs else 1.0)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(opts.seed * 100003 + epoch))
+            started = time.time()
+            loss_sum = progress.get("loss_sum", 0.0)
+            pairs = progress.get("pairs", 0)
+            model.train()
+            with _StepProgress(f"epoch {epoch + 1}", steps, progress["step"]) as bar:
+                for step in range(progress["step"], steps):
+                    idx = self.train_caps[order[step * opts.batch_size:(step + 1) * opts.batch_size].numpy()]
+                    loss, n_pairs = self._step(model, optimizer, store, idx)
+                    loss_sum += loss
+                    pairs += n_pairs
+                    bar.update(loss_sum / (step + 1), pairs / max(1e-9, time.time() - started))
+                    if (step + 1) % opts.checkpoint_every == 0 and step + 1 < steps:
+                        save_state(self.out_dir, model, optimizer,
+                                   {**progress, "step": step + 1, "loss_sum": loss_sum, "pairs": pairs})
+            train_time = time.time() - started
+            metrics = self.evaluate(model, store, self.val_caps, opts.val_shortlist)
+            row = {"epoch": epoch + 1, "loss": loss_sum / steps, **_prefixed(metrics),
+                   "lr": lr, "train_seconds": round(train_time, 1),
+                   "pairs_per_second": round(pairs / max(train_time, 1e-9), 1),
+                   "eval_seconds": round(time.time() - started - train_time, 1)}
+            improved = metrics.rsum > progress["best_rsum"]
+            if improved:
+                progress.update(best_rsum=metrics.rsum, best_epoch=epoch + 1, bad_epochs=0)
+                self.info.extra["best"] = {"epoch": epoch + 1, **metrics.to_dict()}
+                save_model(self.out_dir, model, self.info, self.data.vocab)
+            else:
+                progress["bad_epochs"] += 1
+            self._append_metrics(row)
+            self.log(f"epoch {epoch + 1}: loss {row['loss']:.4f}, val {metrics.short()}"
+                     f"{' (best)' if improved else ''}, {row['train_seconds']:.0f}s train "
+                     f"+ {row['eval_seconds']:.0f}s val, {row['pairs_per_second']:.0f} pairs/s")
+            progress.update(epoch=epoch + 1, step=0, loss_sum=0.0, pairs=0)
+            save_state(self.out_dir, model, optimizer, progress)
+        if progress["bad_epochs"] >= opts.patience:
+            self.log(f"stopped early: no better val rsum for {opts.patience} epochs")
+        self.log(f"best val rsum {progress['best_rsum']:.1f} at epoch {progress['best_epoch']}; "
+                 f"model in {self.out_dir}")
+        return json.loads((self.out_dir / "config.json").read_text())["best"]
+
+    def _step(self, model, optimizer, store, idx: np.ndarray) -> tuple[float, int]:
+        opts = self.opts
+        cap_img = self.data.caption_image[idx]
+        images, inverse = np.unique(cap_img, return_inverse=True)
+        inv = torch.from_numpy(inverse).to(self.device)
+        same = torch.from_numpy(cap_img[:, None] == cap_img[None, :]).to(self.device)  # [B, B]
+        with autocast(self.device, self.precision):
+            img = model.encode_images(*self._images(images))
+            txt = model.encode_texts(store.batch(self.store_row[idx], device=self.device))
+            emb = img.emb[inv] @ txt.emb.T  # [B, B] embedding scores, rows: image of pair i
+            loss = opts.emb_weight * ranking_loss_grid(emb.float(), same, opts.margin, opts.negatives)
+            n_pairs = 0
+            if self.cfg.many_to_many:
+                m2m, n_pairs = self._matcher_loss(model, img, txt, inv, same, emb.detach())
+                loss = loss + m2m
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if opts.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
+        optimizer.step()
+        return float(loss.detach()), n_pairs or len(idx) * len(idx)
+
+    def _matcher_loss(self, model, img, txt, inv, same, emb):
+        opts = self.opts
+        B = len(inv)
+        if opts.mine == 0 or opts.mine >= B - 1:
+            ii = inv.repeat_interleave(B)
+            cc = torch.arange(B, device=inv.device).repeat(B)
+            grid = model.score_pairs(img, txt, ii, cc).reshape(B, B).float()
+            return ranking_loss_grid(grid, same, opts.margin, opts.negatives), B * B
+        k = opts.mine
+        masked = emb.masked_fill(same, float("-inf"))
+        neg_c = masked.topk(k, dim=1).indices  # [B, k] other captions for pair i's image
+        neg_i = masked.topk(k, dim=0).indices.T  # [B, k] other pairs' images for caption j
+        valid_c = torch.isfinite(masked.gather(1, neg_c))
+        valid_i = torch.isfinite(masked.T.gather(1, neg_i))
+        ar = torch.arange(B, device=inv.device)
+        ii = torch.cat([inv, inv.repeat_interleave(k), inv[neg_i.reshape(-1)]])
+        cc = torch.cat([ar, neg_c.reshape(-1), ar.repeat_interleave(k)])
+        s = model.score_pairs(img, txt, ii, cc).float()
+        pos, s_c, s_i = s[:B], s[B:B + B * k].reshape(B, k), s[B + B * k:].reshape(B, k)
+        loss = ranking_loss_mined(pos, s_c, s_i, opts.margin, opts.negatives, valid_c, valid_i)
+        return loss, len(s)
+
+    def _append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.out_dir / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+
+def _prefixed(m: RecallMetrics) -> dict[str, float]:
+    return {f"val_{k}": v for k, v in m.to_dict().items() if k not in ("images", "captions")}
+
+
+class _StepProgress:
+    """A rich progress line on a terminal (loss, pairs/s, ETA); silent in pipes."""
+
+    def __init__(self, label: str, total: int, done: int):
+        self.enabled = sys.stderr.isatty()
+        self.label, self.total, self.done = label, total, done
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
+                                     TextColumn("{task.completed}/{task.total}"),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                     transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task(self.label, total=self.total, completed=self.done, info="")
+        return self
+
+    def update(self, loss: float, pairs_per_s: float) -> None:
+        if self.enabled:
+            self.progress.update(self.task, advance=1, info=f"loss {loss:.4f}  {pairs_per_s:,.0f} pairs/s")
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.progress.stop()
+
+
+def train(regions: str, captions: str, out_dir: str | Path, cfg: ModelConfig,
+          opts: TrainOptions) -> dict[str, Any]:
+    """Train a matcher from a regions file and a captions file into ``out_dir``."""
+    from smcli.training.data import load_matching_data
+
+    out = Path(out_dir)
+    prepare_output(out, opts)
+    saved = read_progress(out) if opts.resume else None
+    if saved is not None:
+        # a resumed run continues with the settings it started with
+        cfg = ModelConfig.from_dict(saved["config"])
+        opts = TrainOptions(**{**saved["options"], "resume": True, "device": opts.device})
+        say("train", f"resuming a {cfg.variant} ({cfg.text_encoder}) run with its saved settings")
+    data = load_matching_data(regions, captions)
+    return Trainer(data, out, cfg, opts).run()
