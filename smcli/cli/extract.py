@@ -32,7 +32,9 @@ def extract_regions_cmd(
              "vgg19/resnet152), a local .pth file, a torchvision enum name (IMAGENET1K_V2), or "
              "none (random; tests only, recorded as not pretrained).",
     ),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per forward pass."),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", min=1,
+        help="Images per forward pass (default: 32 at 224, scaled down for larger images: 8 at 448)."),
     workers: Optional[int] = typer.Option(
         None, "--workers", min=0,
         help="Decoding processes (0: decode inline). Default: half the CPU cores, 1 to 4.",

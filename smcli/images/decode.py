@@ -15,6 +15,7 @@ Only PIL and numpy are imported here: this runs in the decoding worker processes
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 
 import numpy as np
@@ -114,8 +115,10 @@ def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
         raise ImageError("no such file") from None
     except OSError as exc:
         raise ImageError(f"cannot access: {exc.strerror or _first_line(exc)}") from None
-    if os.path.isdir(path):
+    if stat.S_ISDIR(st.st_mode):
         raise ImageError("is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageError("not a regular file (a pipe, socket or device)")
     if st.st_size == 0:
         raise ImageError("empty file (0 bytes)")
     try:
@@ -125,7 +128,9 @@ def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
     with fh:
         head = fh.read(64)
         fh.seek(0)
-        Image.MAX_IMAGE_PIXELS = max_pixels
+        # PIL's own check would warn at the limit and fail at twice it; ours below, from
+        # the header alone, refuses at the limit with a message naming --max-pixels.
+        Image.MAX_IMAGE_PIXELS = None
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -50,7 +50,7 @@ class ExtractOptions:
     backbone: str = DEFAULT_BACKBONE
     image_size: int = DEFAULT_IMAGE_SIZE
     weights: str = "default"
-    batch_size: int = 32
+    batch_size: int | None = None  # None: default_batch_size(image_size)
     workers: int | None = None  # None: auto
     threads: int | None = None  # torch threads; None: auto
     dtype: str = "float16"
@@ -97,6 +97,8 @@ def default_workers() -> int:
 
 
 def _check_options(opts: ExtractOptions) -> None:
+    if opts.batch_size is None:
+        opts.batch_size = default_batch_size(opts.image_size)
     if opts.dtype not in DTYPES:
         raise UsageError(f"--dtype {opts.dtype}: choose float16 or float32")
     if opts.batch_size < 1:
@@ -212,13 +214,17 @@ class Journal:
         self._lock_fh = None
         self._sink = None
         self._writer = None
+        self._segment: Path | None = None
+        self.appended = 0  # rows written to the journal by this run
 
     def lock(self) -> None:
         self.dir.mkdir(exist_ok=True)
         self._lock_fh = open(self.dir / "lock", "a+")
         try:
-            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            # A POSIX record lock: held by this process only (not by the forked decoding
+            # workers, which may outlive a killed run by a few seconds), freed when it dies.
+            fcntl.lockf(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             raise UsageError(f"{self.out}: another extract-regions run is writing it") from None
 
     def segments(self) -> list[Path]:
@@ -253,6 +259,7 @@ class Journal:
     def start_segment(self, schema: pa.Schema, producer_meta: dict[str, Any]) -> None:
         n = len(self.segments())
         path = self.dir / f"seg-{n:05d}.arrows"
+        self._segment = path
         schema = schema.with_metadata({b"smcli.producer": json.dumps(producer_meta, sort_keys=True).encode()})
         self._sink = pa.OSFile(str(path), "w")
         options = pa.ipc.IpcWriteOptions(compression="lz4")
@@ -261,6 +268,7 @@ class Journal:
     def append(self, batch: pa.RecordBatch) -> None:
         self._writer.write_batch(batch)
         self._sink.flush()
+        self.appended += batch.num_rows
 
     def close(self) -> None:
         if self._writer is not None:
@@ -283,8 +291,13 @@ class Journal:
             self._lock_fh = None
 
     def release(self) -> None:
+        """Stop writing, keep the finished rows for --resume (nothing kept if there are none)."""
         self.close()
         if self._lock_fh is not None:
+            if self.appended == 0 and self._segment is not None:
+                self._segment.unlink(missing_ok=True)  # ours, and empty
+            if not self.segments():
+                shutil.rmtree(self.dir, ignore_errors=True)
             self._lock_fh.close()
             self._lock_fh = None
 
@@ -332,6 +345,32 @@ class _Progress:
 # The run
 
 
+def tune_malloc() -> None:
+    """Keep freed memory in the heap instead of returning it to the OS after every batch.
+
+    glibc serves the network's large activations with mmap and unmaps them when freed, so
+    every forward pass page-faults its whole working set again: on a 2-core machine that
+    was ~30% of the CPU time in system calls. Raising the mmap and trim thresholds makes
+    the allocator reuse the memory: same results, ~1.5x the images/s, a flat RSS.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 1 << 30)
+        libc.mallopt(m_trim_threshold, 1 << 31)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
+def default_batch_size(image_size: int) -> int:
+    """32 at 224, fewer for larger images so that the activations stay well under 1 GB."""
+    return int(max(1, min(64, round(32 * (224 / image_size) ** 2))))
+
+
 def _set_threads(threads: int | None, workers: int) -> None:
     import torch
 
@@ -357,6 +396,7 @@ def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractO
         raise UsageError("--resume needs an output file (-o FILE); a stream cannot be resumed")
     workers = default_workers() if opts.workers is None else opts.workers
     _set_threads(opts.threads, workers)
+    tune_malloc()
     if backbone is None:
         backbone = load_backbone_for(opts)
     meta_producer = producer(backbone, opts.dtype)
@@ -410,7 +450,7 @@ def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractO
         writer.abort()
         if journal is not None:
             journal.release()
-            if not isinstance(exc, UsageError) and journal.exists():
+            if not isinstance(exc, UsageError) and journal.exists() and (journal.appended or resumed):
                 say(COMMAND, f"partial results kept in {journal.dir}; rerun with --resume to continue")
         raise
     if journal is not None:

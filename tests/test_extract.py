@@ -1,0 +1,393 @@
+"""extract-regions end to end: inputs, outputs, bad images, duplicates, resume, errors.
+
+Most runs use ``--weights none`` (random, seeded) and small image sizes: the point here is
+the pipeline, not the features. The pretrained weights are checked in
+test_extract_pretrained.py.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from test_extract_decode import make_bad_images
+
+REPO = Path(__file__).resolve().parent.parent
+IMAGES = REPO / "examples" / "images"
+FAST = ["--weights", "none", "--image-size", "64", "--batch-size", "4"]
+
+
+def run_cli(*args, input: bytes | None = None, cwd=None, timeout: float = 300):
+    """The real CLI in a subprocess: (returncode, stdout bytes, stderr text)."""
+    env = dict(os.environ, NO_COLOR="1", COLUMNS="120", PYTHONUNBUFFERED="1")
+    proc = subprocess.run([sys.executable, "-m", "smcli", *map(str, args)], input=input,
+                          stdin=None if input is not None else subprocess.DEVNULL,
+                          capture_output=True, cwd=cwd, env=env, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace")
+
+
+def run_here(*args, input: bytes = b"", cwd=None):
+    """``smcli.cli.main`` in this process (much faster than a subprocess)."""
+    from smcli.cli import main
+
+    saved = sys.argv, sys.stdin, sys.stdout, sys.stderr
+    old_cwd = os.getcwd()
+    out = io.BytesIO()
+    err = io.StringIO()
+    sys.argv = ["smcli", *map(str, args)]
+    stdin = io.TextIOWrapper(io.BytesIO(input), encoding="utf-8")
+    stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
+    sys.stdin, sys.stdout, sys.stderr = stdin, stdout, err
+    rc = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        main()
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        os.chdir(old_cwd)
+        sys.argv, sys.stdin, sys.stdout, sys.stderr = saved
+    stdout.flush()
+    data = out.getvalue()
+    stdout.detach()
+    return rc, data, err.getvalue()
+
+
+def one_error_line(rc: int, stderr: str, *fragments: str) -> str:
+    assert rc != 0, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert lines[-1].startswith("smcli: error:"), stderr
+    assert sum(ln.startswith("smcli: error:") for ln in lines) == 1, stderr
+    for f in fragments:
+        assert f in lines[-1], (f, lines[-1])
+    return lines[-1]
+
+
+def counts_line(stderr: str) -> dict[str, int]:
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("smcli extract-regions: listed"), stderr
+    parts = last.split(": ", 1)[1].split(", ")
+    return {p.rsplit(" ", 1)[0]: int(p.rsplit(" ", 1)[1].replace(",", "")) for p in parts}
+
+
+def read(path) -> pa.Table:
+    return pq.read_table(path)
+
+
+def regions_by_id(path) -> dict[str, np.ndarray]:
+    from smcli.images.features import load_regions
+
+    f = load_regions(path)
+    return {k: f.regions[i] for i, k in enumerate(f.image_ids)}
+
+
+def some_images(d: Path, n: int = 4, start: int = 0) -> list[Path]:
+    d.mkdir(parents=True, exist_ok=True)
+    out = []
+    for src in sorted(IMAGES.glob("*.jpg"))[start:start + n]:
+        dst = d / src.name
+        shutil.copy(src, dst)
+        out.append(dst)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def test_examples_shapes_metadata_and_counts(tmp_path):
+    from smcli.images.features import feature_signature, load_regions
+    from smcli.stage import open_stage
+
+    out = tmp_path / "feats.parquet"
+    rc, _, err = run_here("extract-regions", IMAGES, "-o", out, *FAST)
+    assert rc == 0, err
+    assert "warning: --weights none" in err
+    assert counts_line(err) == {"listed": 32, "duplicates": 0, "processed": 32, "written": 32, "failed": 0}
+    stage = open_stage(out, "regions")
+    meta = stage.meta.producer
+    stage.close()
+    for key in ("command", "backbone", "weights", "pretrained", "image_size", "preprocessing",
+                "layer", "grid", "dim", "dtype"):
+        assert key in meta, key
+    assert meta["backbone"] == "efficientnet-lite0" and meta["weights"] == "none"
+    assert meta["pretrained"] is False and meta["image_size"] == 64
+    assert meta["grid"] == [2, 2] and meta["dim"] == 1280 and meta["dtype"] == "float16"
+    table = read(out)
+    assert table.schema.field("width").type == pa.int32()
+    assert table.schema.field("regions").type == pa.list_(pa.float16(), 2 * 2 * 1280)
+    assert table.schema.field("global").type == pa.list_(pa.float16(), 1280)
+    assert table.column("image_id").to_pylist() == sorted(p.name for p in IMAGES.glob("*.jpg"))
+    assert set(table.column("width").to_pylist()) == {224}
+    f = load_regions(out)
+    assert f.regions.shape == (32, 4, 1280) and f.regions.dtype == np.float16
+    assert f.global_.shape == (32, 1280)
+    # global = the average of the region grid (computed in float32 before rounding)
+    assert np.allclose(f.regions.astype(np.float32).mean(1), f.global_.astype(np.float32), atol=2e-2)
+    assert feature_signature(f.meta) == {"backbone": "efficientnet-lite0", "weights": "none",
+                                         "pretrained": False, "image_size": 64, "grid": [2, 2],
+                                         "dim": 1280, "global_dim": 1280}
+    assert not list(tmp_path.glob(".*")), "no temporary or resume files left behind"
+
+
+def test_float32_and_global_only_loading(tmp_path):
+    from smcli.images.features import load_regions
+
+    some_images(tmp_path / "imgs", 3)
+    out = tmp_path / "f32.parquet"
+    rc, _, err = run_here("extract-regions", tmp_path / "imgs", "-o", out, *FAST, "--dtype", "float32")
+    assert rc == 0, err
+    f = load_regions(out, regions=False)
+    assert f.regions is None and f.global_.dtype == np.float32 and f.global_.shape == (3, 1280)
+
+
+def test_bad_inputs_are_reported_and_the_run_completes(tmp_path):
+    d = tmp_path / "imgs"
+    good = some_images(d, 3)
+    sub = d / "sub dir"
+    sub.mkdir()
+    shutil.copy(IMAGES / "2331510788_986809bbb4.jpg", sub / "chien été 狗.jpg")
+    photo = Image.open(IMAGES / "2345984157_724823b1e4.jpg")
+    photo.convert("RGBA").save(d / "rgba.png")
+    photo.convert("L").save(d / "gray.jpg")
+    photo.convert("CMYK").save(d / "cmyk.jpg")
+    photo.convert("P", palette=Image.ADAPTIVE).save(d / "palette.gif")
+    Image.fromarray((np.asarray(photo.convert("L"), dtype=np.uint16) * 257)).save(d / "deep16.png")
+    bad = make_bad_images(d / "bad")
+    (d / "README.txt").write_text("not an image, and not an image extension: ignored, said once")
+    (d / ".hidden.jpg").write_bytes(b"")
+    errors = tmp_path / "errors.csv"
+    out = tmp_path / "feats.parquet"
+    rc, _, err = run_here("extract-regions", d, "-o", out, "--errors", errors, *FAST)
+    assert rc == 0, err
+    assert "ignored 1 file(s) without an image extension (e.g. README.txt)" in err
+    ids = read(out).column("image_id").to_pylist()
+    expected_good = sorted([p.name for p in good] + ["sub dir/chien été 狗.jpg", "rgba.png",
+                                                     "gray.jpg", "cmyk.jpg", "palette.gif", "deep16.png"])
+    assert ids == expected_good, "each good image exactly once, in sorted order"
+    with open(errors, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    reasons = {Path(r["source"]).name: r["reason"] for r in rows}
+    assert set(reasons) == set(bad)
+    for name, fragment in bad.items():
+        assert fragment.lower() in reasons[name].lower(), (name, reasons[name])
+        assert f"rejected {d / 'bad' / name}" in err
+    c = counts_line(err)
+    assert c == {"listed": len(ids) + len(bad), "duplicates": 0, "processed": len(ids) + len(bad),
+                 "written": len(ids), "failed": len(bad)}
+
+
+def test_strict_makes_a_bad_image_fatal(tmp_path):
+    d = tmp_path / "imgs"
+    some_images(d, 2)
+    (d / "zz-empty.jpg").write_bytes(b"")
+    out = tmp_path / "feats.parquet"
+    rc, _, err = run_here("extract-regions", d, "-o", out, "--strict", *FAST)
+    one_error_line(rc, err, "zz-empty.jpg", "empty file", "--strict")
+    assert not out.exists()
+    assert not list(tmp_path.glob(".feats.parquet.*.tmp"))
+
+
+def test_same_file_twice_is_written_once(tmp_path):
+    d = tmp_path / "imgs"
+    files = some_images(d, 3)
+    out = tmp_path / "feats.parquet"
+    rc, _, err = run_here("extract-regions", d, files[1], d, "-o", out, *FAST)
+    assert rc == 0, err
+    assert read(out).column("image_id").to_pylist() == [p.name for p in files]
+    c = counts_line(err)
+    assert c["listed"] == 7 and c["duplicates"] == 4 and c["written"] == 3 and c["failed"] == 0
+
+
+def test_colliding_image_ids_are_rejected(tmp_path):
+    a = some_images(tmp_path / "a", 1)[0]
+    b = tmp_path / "b" / a.name
+    b.parent.mkdir()
+    shutil.copy(IMAGES / "2331510788_986809bbb4.jpg", b)  # another picture, same file name
+    out = tmp_path / "feats.parquet"
+    rc, _, err = run_here("extract-regions", a, b, "-o", out, *FAST)
+    assert rc == 0, err
+    assert read(out).column("path").to_pylist() == [str(a)]
+    assert f"image_id {a.name!r} is already used" in err
+    assert counts_line(err)["failed"] == 1
+
+
+def test_non_utf8_file_name_is_rejected(tmp_path):
+    d = tmp_path / "imgs"
+    some_images(d, 1)
+    raw = os.path.join(os.fsencode(d), b"bad\xffname.jpg")
+    shutil.copy(IMAGES / "2331510788_986809bbb4.jpg", raw)
+    out = tmp_path / "feats.parquet"
+    rc, _, err = run_here("extract-regions", d, "-o", out, *FAST)
+    assert rc == 0, err
+    assert "not valid UTF-8" in err and read(out).num_rows == 1
+
+
+def test_same_features_from_file_directory_list_table_and_stdin(tmp_path):
+    d = tmp_path / "imgs"
+    files = some_images(d, 3, start=5)
+    outs = {k: tmp_path / f"{k}.parquet" for k in ("dir", "files", "list", "csv", "stdin")}
+    lst = tmp_path / "list.txt"
+    lst.write_text("# images\n" + "".join(f"imgs/{p.name}\n" for p in files) + "\n")
+    table = tmp_path / "images.csv"
+    table.write_text("image,caption\n" + "".join(f"{p.name},a caption\n{p.name},another\n" for p in files))
+    runs = {
+        "dir": (["imgs"], b""),
+        "files": ([f"imgs/{p.name}" for p in files], b""),
+        "list": ([f"@{lst}"], b""),
+        "csv": ([str(table), "--root", "imgs"], b""),
+        "stdin": (["-"], "".join(f"{p}\n" for p in files).encode()),
+    }
+    for key, (args, stdin) in runs.items():
+        rc, _, err = run_here("extract-regions", *args, "-o", outs[key], *FAST, input=stdin, cwd=tmp_path)
+        assert rc == 0, (key, err)
+    feats = {k: regions_by_id(v) for k, v in outs.items()}
+    names = [p.name for p in files]
+    assert list(feats["dir"]) == names and list(feats["files"]) == names and list(feats["csv"]) == names
+    assert list(feats["list"]) == [f"imgs/{n}" for n in names]  # relative to the current directory
+    assert list(feats["stdin"]) == [f"imgs/{n}" for n in names]  # absolute, under the root (cwd)
+    for key in ("files", "list", "csv", "stdin"):
+        for a, b in zip(feats["dir"].values(), feats[key].values()):
+            assert np.array_equal(a, b), key
+    c = counts_line(run_here("extract-regions", table, "--root", d, "-o", outs["csv"], *FAST)[2])
+    assert c["listed"] == 6 and c["duplicates"] == 3 and c["written"] == 3
+
+
+def test_parquet_input_with_path_column(tmp_path):
+    files = some_images(tmp_path / "imgs", 2)
+    src = tmp_path / "paths.parquet"
+    pq.write_table(pa.table({"file_path": [str(p) for p in files] + [None]}), src)
+    out = tmp_path / "feats.parquet"
+    rc, _, err = run_here("extract-regions", src, "-o", out, *FAST)
+    one_error_line(rc, err, "no path column", "--path-column")
+    rc, _, err = run_here("extract-regions", src, "--path-column", "file_path", "-o", out, *FAST)
+    assert rc == 0, err
+    assert read(out).num_rows == 2 and "row 3" in err and "empty path" in err
+
+
+def test_argument_errors_are_one_line(tmp_path):
+    out = tmp_path / "o.parquet"
+    one_error_line(*run_here("extract-regions", tmp_path / "nope", "-o", out)[::2], "nope", "no such file")
+    (tmp_path / "l.txt").write_text("a.jpg\n")
+    one_error_line(*run_here("extract-regions", tmp_path / "l.txt", "-o", out)[::2], "@")
+    one_error_line(*run_here("extract-regions", "@missing.txt", "-o", out)[::2], "no such list file")
+    one_error_line(*run_here("extract-regions", IMAGES, "-o", out, "--backbone", "alexnet")[::2],
+                   "alexnet", "efficientnet-lite0")
+    one_error_line(*run_here("extract-regions", IMAGES, "-o", out, "--dtype", "int8")[::2], "float16")
+    one_error_line(*run_here("extract-regions", IMAGES, "-o", out, "--image-size", "8")[::2], "--image-size")
+    one_error_line(*run_here("extract-regions", IMAGES, "-o", out, "--weights", "nofile.pth")[::2],
+                   "nofile.pth")
+    one_error_line(*run_here("extract-regions", IMAGES, "--resume", *FAST)[::2], "--resume")
+    assert not out.exists()
+
+
+def test_streams_to_stdout_and_never_to_a_terminal(tmp_path):
+    files = some_images(tmp_path / "imgs", 2)
+    rc, out, err = run_cli("extract-regions", *files, *FAST)
+    assert rc == 0, err
+    table = pq.read_table(pa.BufferReader(out))
+    assert table.num_rows == 2
+    rc, out, err = run_cli("extract-regions", "-", *FAST, "--no-progress",
+                           input="".join(f"{p}\n" for p in files).encode())
+    assert rc == 0 and pq.read_table(pa.BufferReader(out)).num_rows == 2
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from smcli.cli import app; import smcli.cli.extract, smcli.images.sources, "
+            "smcli.images.features, smcli.images.decode; "
+            "assert 'torch' not in sys.modules and 'timm' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Resume
+
+
+def _journal_rows(journal_dir: Path) -> int:
+    n = 0
+    for seg in sorted(journal_dir.glob("seg-*.arrows")):
+        try:
+            reader = pa.ipc.open_stream(pa.OSFile(str(seg), "r"))
+            while True:
+                n += reader.read_next_batch().num_rows
+        except (StopIteration, pa.ArrowInvalid, OSError):
+            pass
+    return n
+
+
+def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
+    d = tmp_path / "imgs"
+    some_images(d, 24)
+    (d / "zz-bad.jpg").write_text("text")
+    args = ["extract-regions", d, "--weights", "none", "--image-size", "128", "--batch-size", "2",
+            "--workers", "1"]
+    full = tmp_path / "full.parquet"
+    rc, _, err = run_here(*args, "-o", full)
+    assert rc == 0, err
+
+    out = tmp_path / "feats.parquet"
+    journal = tmp_path / ".feats.parquet.resume"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-m", "smcli", *map(str, args), "-o", str(out)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and _journal_rows(journal) < 6:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    done = _journal_rows(journal)
+    assert 6 <= done < 24
+
+    rc, _, err = run_here(*args, "-o", out, "--resume")
+    assert rc == 0, err
+    assert f"resuming: {done} image(s) done by the interrupted run" in err
+    c = counts_line(err)
+    assert c["resumed"] == done and c["processed"] == 25 - done, "finished images not recomputed"
+    assert c["written"] == 24 and c["failed"] == 1
+    assert read(out).equals(read(full))
+    assert pq.read_schema(out).metadata == pq.read_schema(full).metadata
+    assert not journal.exists() and not list(tmp_path.glob(".feats.parquet.*"))
+
+
+def test_resume_refuses_other_settings_and_fresh_run_discards(tmp_path):
+    d = tmp_path / "imgs"
+    some_images(d, 2)
+    out = tmp_path / "feats.parquet"
+    from smcli.images.backbones import load_backbone
+    from smcli.images.extract import Journal, producer, regions_schema
+
+    bb = load_backbone("efficientnet-lite0", 64, "none", "cpu", warn_random=False)
+    j = Journal(out)
+    j.lock()
+    schema = regions_schema(bb.grid, bb.dim, bb.global_dim, "float16")
+    j.start_segment(schema, producer(bb, "float16"))
+    n_reg = bb.grid[0] * bb.grid[1] * bb.dim
+    j.append(pa.record_batch([
+        pa.array(["x.jpg"]), pa.array([str(d / "x.jpg")]), pa.array([1], pa.int32()), pa.array([1], pa.int32()),
+        pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n_reg, np.float16)), n_reg),
+        pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(bb.global_dim, np.float16)), bb.global_dim),
+    ], schema=schema))
+    j.release()
+    rc, _, err = run_here("extract-regions", d, "-o", out, *FAST[:-2], "--image-size", "96", "--resume")
+    one_error_line(rc, err, "--resume", "other settings", "image_size")
+    rc, _, err = run_here("extract-regions", d, "-o", out, *FAST)
+    assert rc == 0 and "discarding the partial results" in err
+    rc, _, err = run_here("extract-regions", d, "-o", out, *FAST, "--resume")
+    assert rc == 0 and "no interrupted run" in err
