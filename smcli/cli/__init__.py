@@ -18,6 +18,7 @@ from smcli.cli import tokenize as _tokenize  # noqa: E402,F401
 from smcli.cli import train as _train  # noqa: E402,F401
 from smcli.cli import search as _search  # noqa: E402,F401
 from smcli.cli import inspect as _inspect  # noqa: E402,F401
+from smcli.cli import explain as _explain  # noqa: E402,F401
 
 
 def main() -> None:
