@@ -8,7 +8,7 @@ import unicodedata
 # Clitics split as in the Penn Treebank, which is how the Flickr and COCO token files
 # were made: "dog's" -> "dog 's", "don't" -> "do n't".
 _CLITIC = re.compile(r"(\w)(n't|'s|'re|'ve|'ll|'d|'m)\b")
-_TOKEN = re.compile(r"n't|'\w+|\w+|[^\w\s]")
+_TOKEN = re.compile(r"n't|'(?:s|re|ve|ll|d|m)\b|\w+|[^\w\s]")
 
 
 def normalize(text: str) -> str:

@@ -1,0 +1,155 @@
+"""The matchers: attention behaviour, batching equivalences, gradients, save/load, CCA."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from smcli.models import ModelConfig, create_model, load_model, save_model
+from smcli.models.factory import ModelInfo
+from smcli.text.vocab import Vocab
+
+SMALL = dict(inst_dim=32, ctx_dim=16, att_dim=16, sim_dim=32, hidden_dim=32, emb_dim=32,
+             word_dim=24, lstm_dim=32, img_dim=40, regions=9, vocab_size=50, dropout=0.0)
+ATTENTION_VARIANTS = ("smlstm", "no-context", "mean")
+LEARNED_VARIANTS = ("smlstm", "no-context", "mean", "vse")
+
+
+def make(variant: str, text_encoder: str = "minilm", **kw):
+    torch.manual_seed(0)
+    return create_model(ModelConfig(variant=variant, text_encoder=text_encoder, **{**SMALL, **kw})).eval()
+
+
+def images(n: int = 4, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    regions = torch.rand(n, 9, 40, generator=g)
+    return regions, regions.mean(1)
+
+
+def texts(text_encoder: str, lengths=(5, 3, 7), pad_to: int | None = None, seed: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    L = pad_to or max(lengths)
+    mask = torch.zeros(len(lengths), L, dtype=torch.bool)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = True
+    if text_encoder == "minilm":
+        states = torch.randn(len(lengths), max(lengths), 384, generator=g)
+        states = torch.nn.functional.pad(states, (0, 0, 0, L - states.shape[1]))
+        states[~mask] = 0
+        return {"states": states, "mask": mask, "sentence": torch.randn(len(lengths), 384, generator=g)}
+    ids = torch.randint(2, 50, (len(lengths), max(lengths)), generator=g)
+    ids = torch.nn.functional.pad(ids, (0, L - ids.shape[1]))
+    return {"ids": ids * mask, "mask": mask}
+
+
+def all_pairs(n_img: int, n_txt: int):
+    ii, cc = torch.meshgrid(torch.arange(n_img), torch.arange(n_txt), indexing="ij")
+    return ii.reshape(-1), cc.reshape(-1)
+
+
+@pytest.mark.parametrize("text_encoder", ["minilm", "bilstm"])
+@pytest.mark.parametrize("variant", ATTENTION_VARIANTS)
+def test_attention_sums_to_one_and_ignores_padding(variant, text_encoder):
+    model = make(variant, text_encoder)
+    r, g = images()
+    with torch.no_grad():
+        img = model.encode_images(r, g)
+        tight = model.encode_texts(texts(text_encoder))
+        padded = model.encode_texts(texts(text_encoder, pad_to=12))
+        ii, cc = all_pairs(4, 3)
+        s1, maps = model.attention_maps(img, tight, ii, cc)
+        s2, maps2 = model.attention_maps(img, padded, ii, cc)
+    torch.testing.assert_close(s1, s2, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(maps.regions.sum(-1), torch.ones(12, 3))
+    torch.testing.assert_close(maps.words.sum(-1), torch.ones(12, 3))
+    # padded positions never receive attention
+    lengths = torch.tensor([5, 3, 7])[cc]
+    for p in range(12):
+        assert maps2.words[p, :, lengths[p]:].abs().max() == 0
+    if variant == "mean":
+        torch.testing.assert_close(maps.regions, torch.full_like(maps.regions, 1 / 9))
+        for p in range(12):
+            n = int(lengths[p])
+            torch.testing.assert_close(maps.words[p, :, :n], torch.full((3, n), 1 / n))
+    else:
+        assert maps.regions.std() > 0  # real selection, not uniform
+
+
+@pytest.mark.parametrize("variant", LEARNED_VARIANTS + ("cca",))
+def test_grid_scores_equal_pair_scores(variant):
+    model = make(variant)
+    r, g = images()
+    with torch.no_grad():
+        img = model.encode_images(r, g)
+        txt = model.encode_texts(texts("minilm"))
+        grid = model.score_grid(img, txt)
+        ii, cc = all_pairs(4, 3)
+        pairs = model.score_pairs(img, txt, ii, cc).reshape(4, 3)
+    torch.testing.assert_close(grid, pairs, atol=1e-5, rtol=1e-5)
+
+
+def test_context_changes_which_regions_are_attended():
+    full, plain = make("smlstm"), make("no-context")
+    r, g = images()
+    ii, cc = all_pairs(4, 3)
+    with torch.no_grad():
+        _, m_full = full.attention_maps(full.encode_images(r, g), full.encode_texts(texts("minilm")), ii, cc)
+        _, m_plain = plain.attention_maps(plain.encode_images(r, g), plain.encode_texts(texts("minilm")), ii, cc)
+    # without context, the first step's region map depends on the image only (h_0 = 0)
+    first = m_plain.regions[:, 0].reshape(4, 3, 9)
+    torch.testing.assert_close(first, first[:, :1].expand(-1, 3, -1))
+    # with context the same image is attended differently for different sentences
+    first_full = m_full.regions[:, 0].reshape(4, 3, 9)
+    assert (first_full - first_full[:, :1]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("text_encoder", ["minilm", "bilstm"])
+@pytest.mark.parametrize("variant", LEARNED_VARIANTS)
+def test_gradients_reach_every_parameter(variant, text_encoder):
+    model = make(variant, text_encoder).train()
+    r, g = images()
+    img = model.encode_images(r, g)
+    txt = model.encode_texts(texts(text_encoder))
+    ii, cc = all_pairs(4, 3)
+    score = model.score_pairs(img, txt, ii, cc)
+    (score.sum() + (img.emb @ txt.emb.T).sum()).backward()
+    missing = [name for name, p in model.named_parameters()
+               if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+    assert not missing, missing
+
+
+@pytest.mark.parametrize("variant", LEARNED_VARIANTS + ("cca",))
+def test_save_then_load_gives_identical_scores(tmp_path, variant):
+    model = make(variant)
+    vocab = Vocab(["<pad>", "<unk>", "dog"])
+    info = ModelInfo(model.cfg, {"backbone": "x", "grid": [3, 3], "dim": 40}, vocab.hash)
+    save_model(tmp_path, model, info, vocab)
+    loaded = load_model(tmp_path)
+    r, g = images()
+    t = texts("minilm")
+    with torch.no_grad():
+        a = model.score_grid(model.encode_images(r, g), model.encode_texts(t))
+        b = loaded.model.score_grid(loaded.model.encode_images(r, g), loaded.model.encode_texts(t))
+    assert torch.equal(a, b)
+    assert loaded.info.config == model.cfg
+    assert loaded.vocab.tokens == vocab.tokens
+
+
+def test_cca_finds_the_shared_direction():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4000, 2))  # shared latent
+    x = np.hstack([z, rng.normal(size=(4000, 38))]) @ rng.normal(size=(40, 40))
+    y = np.hstack([z, rng.normal(size=(4000, 382))]) @ rng.normal(size=(384, 384))
+    model = make("cca", cca_dim=4, cca_reg=1e-6)
+    corr = model.fit(x.astype(np.float32), y.astype(np.float32))
+    assert corr[0] > 0.99 and corr[1] > 0.99  # the two shared dimensions
+    assert corr[2] < 0.9
+    # matching pairs score higher than shuffled ones
+    with torch.no_grad():
+        img = model.encode_images(None, torch.from_numpy(x[:50]).float())
+        txt = model.encode_texts({"sentence": torch.from_numpy(y[:50]).float()})
+        s = model.score_grid(img, txt).numpy()
+    off = s[~np.eye(50, dtype=bool)]
+    assert np.diag(s).mean() > off.mean() + 0.5
+    assert (s >= np.diag(s)[:, None]).sum(1).mean() < 10  # the true pair ranks high
