@@ -20,9 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
-
 from test_extract_decode import make_bad_images
 
 REPO = Path(__file__).resolve().parent.parent
@@ -166,7 +164,7 @@ def test_bad_inputs_are_reported_and_the_run_completes(tmp_path):
     photo.convert("L").save(d / "gray.jpg")
     photo.convert("CMYK").save(d / "cmyk.jpg")
     photo.convert("P", palette=Image.ADAPTIVE).save(d / "palette.gif")
-    Image.fromarray((np.asarray(photo.convert("L"), dtype=np.uint16) * 257)).save(d / "deep16.png")
+    Image.fromarray(np.asarray(photo.convert("L"), dtype=np.uint16) * 257).save(d / "deep16.png")
     bad = make_bad_images(d / "bad")
     (d / "README.txt").write_text("not an image, and not an image extension: ignored, said once")
     (d / ".hidden.jpg").write_bytes(b"")
@@ -261,7 +259,7 @@ def test_same_features_from_file_directory_list_table_and_stdin(tmp_path):
     assert list(feats["list"]) == [f"imgs/{n}" for n in names]  # relative to the current directory
     assert list(feats["stdin"]) == [f"imgs/{n}" for n in names]  # absolute, under the root (cwd)
     for key in ("files", "list", "csv", "stdin"):
-        for a, b in zip(feats["dir"].values(), feats[key].values()):
+        for a, b in zip(feats["dir"].values(), feats[key].values(), strict=True):
             assert np.array_equal(a, b), key
     c = counts_line(run_here("extract-regions", table, "--root", d, "-o", outs["csv"], *FAST)[2])
     assert c["listed"] == 6 and c["duplicates"] == 3 and c["written"] == 3
@@ -380,7 +378,8 @@ def test_resume_refuses_other_settings_and_fresh_run_discards(tmp_path):
     j.start_segment(schema, producer(bb, "float16"))
     n_reg = bb.grid[0] * bb.grid[1] * bb.dim
     j.append(pa.record_batch([
-        pa.array(["x.jpg"]), pa.array([str(d / "x.jpg")]), pa.array([1], pa.int32()), pa.array([1], pa.int32()),
+        pa.array(["x.jpg"]), pa.array([str(d / "x.jpg")]),
+        pa.array([1], pa.int32()), pa.array([1], pa.int32()),
         pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(n_reg, np.float16)), n_reg),
         pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(bb.global_dim, np.float16)), bb.global_dim),
     ], schema=schema))

@@ -50,12 +50,12 @@ def test_default_weights_identity(lite0):
 
 
 def test_dog_photos_get_dog_classes_bikes_get_bikes(lite0):
-    for name, top in zip(DOGS, _top5(lite0, DOGS)):
+    for name, top in zip(DOGS, _top5(lite0, DOGS), strict=True):
         assert any(c in DOG_CLASSES for c in top), (name, top)
-    for name, top in zip(BIKES, _top5(lite0, BIKES)):
+    for name, top in zip(BIKES, _top5(lite0, BIKES), strict=True):
         assert BIKE_CLASSES & set(top), (name, top)
     # and no dog class tops a photo without a dog
-    for name, top in zip(NOT_DOGS, _top5(lite0, NOT_DOGS)):
+    for name, top in zip(NOT_DOGS, _top5(lite0, NOT_DOGS), strict=True):
         assert top[0] not in DOG_CLASSES, (name, top)
 
 

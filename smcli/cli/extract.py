@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -20,7 +19,7 @@ def extract_regions_cmd(
         help="Directories (searched recursively), image files, @list.txt (one path a line), "
              "a Parquet/CSV/TSV with a path column, or '-' for paths on stdin.",
     ),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help=OUTPUT_HELP),
+    output: str | None = typer.Option(None, "-o", "--output", help=OUTPUT_HELP),
     backbone: str = typer.Option("efficientnet-lite0", "--backbone", help=f"CNN: {_BACKBONES}."),
     image_size: int = typer.Option(
         224, "--image-size",
@@ -32,30 +31,30 @@ def extract_regions_cmd(
              "vgg19/resnet152), a local .pth file, a torchvision enum name (IMAGENET1K_V2), or "
              "none (random; tests only, recorded as not pretrained).",
     ),
-    batch_size: Optional[int] = typer.Option(
+    batch_size: int | None = typer.Option(
         None, "--batch-size", min=1,
         help="Images per forward pass (default: 32 at 224, scaled down for larger images: 8 at 448)."),
-    workers: Optional[int] = typer.Option(
+    workers: int | None = typer.Option(
         None, "--workers", min=0,
         help="Decoding processes (0: decode inline). Default: half the CPU cores, 1 to 4.",
     ),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="Torch threads (default: all cores)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="Torch threads (default: all cores)."),
     dtype: str = typer.Option("float16", "--dtype", help="float16 (default, half the disk) or float32."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    root: Optional[str] = typer.Option(
+    root: str | None = typer.Option(
         None, "--root", help="Relative paths from lists, tables and stdin are relative to this "
                              "directory (default: the current one); image_id is relative to it."),
-    path_column: Optional[str] = typer.Option(None, "--path-column", help="Path column of a Parquet/CSV input."),
+    path_column: str | None = typer.Option(None, "--path-column", help="Path column of a Parquet/CSV input."),
     max_pixels: int = typer.Option(
         89_478_485, "--max-pixels", min=1,
         help="Refuse images with more pixels than this (decompression bombs)."),
     resume: bool = typer.Option(
         False, "--resume",
         help="Continue an interrupted run of the same -o FILE without recomputing finished images."),
-    progress: Optional[bool] = typer.Option(
+    progress: bool | None = typer.Option(
         None, "--progress/--no-progress",
         help="Progress bar on stderr (default: only when stderr is a terminal)."),
-    errors: Optional[Path] = typer.Option(None, "--errors", help=ERRORS_HELP),
+    errors: Path | None = typer.Option(None, "--errors", help=ERRORS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
     """Images -> one row per image: a grid of region features (the last convolutional map of

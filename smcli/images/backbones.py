@@ -223,7 +223,7 @@ def _efficientnet_adapt(net, loaded: dict) -> dict:
             f"state dict has {len(have)} tensors, the network {len(want)}: not this EfficientNet"
         )
     out = {}
-    for src, dst in zip(have, want):
+    for src, dst in zip(have, want, strict=True):
         s, d = loaded[src], target[dst]
         if tuple(s.shape) != tuple(d.shape) or src.rsplit(".", 1)[-1] != dst.rsplit(".", 1)[-1]:
             raise InputError(
@@ -249,7 +249,9 @@ def _torchvision_adapt(net, loaded: dict) -> dict:
     return {f"trunk.{k}": loaded[k] for k in target}
 
 
-def _torchvision_weights(enum_name: str, default: str) -> tuple[Callable[[], Any], Callable[..., tuple[dict, str]]]:
+def _torchvision_weights(
+    enum_name: str, default: str
+) -> tuple[Callable[[], Any], Callable[..., tuple[dict, str]]]:
     def enums():
         import torchvision.models as tvm
 
@@ -412,7 +414,8 @@ class Backbone:
 def preprocessing_description(spec: BackboneSpec, image_size: int) -> str:
     from smcli.images.decode import DECODE_DESCRIPTION
 
-    return f"{DECODE_DESCRIPTION}; resize to {image_size}x{image_size} (PIL bicubic, aspect ratio not kept); {spec.normalization}"
+    return (f"{DECODE_DESCRIPTION}; resize to {image_size}x{image_size} (PIL bicubic, aspect ratio "
+            f"not kept); {spec.normalization}")
 
 
 def _sha256_12(path: Path) -> str:
@@ -458,8 +461,11 @@ def load_backbone(
     """
     import torch
 
+    from smcli.images.extract import tune_malloc
+
     spec = get_spec(name)
     image_size = check_image_size(image_size)
+    tune_malloc()
     dev = resolve_device(device)
     weights = "default" if weights in (None, "", "default") else str(weights)
     net = spec.build()
@@ -484,7 +490,8 @@ def load_backbone(
                 raise UsageError(
                     f"--weights {weights}: no such file; use default, none{enums} or a .pth path"
                 )
-            loaded, ident = _torch_load(path, f"--weights {weights}"), f"file:{path.name} sha256:{_sha256_12(path)}"
+            loaded = _torch_load(path, f"--weights {weights}")
+            ident = f"file:{path.name} sha256:{_sha256_12(path)}"
         try:
             state = spec.adapt_state_dict(net, loaded)
         except InputError as exc:
@@ -492,7 +499,9 @@ def load_backbone(
         missing, unexpected = net.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.endswith("num_batches_tracked") and k not in ("mean", "std")]
         if missing or unexpected:
-            raise InputError(f"weights {ident} for {spec.name}: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            raise InputError(
+                f"weights {ident} for {spec.name}: missing {missing[:3]}, unexpected {unexpected[:3]}"
+            )
         pretrained = True
     net.eval().requires_grad_(False)
     net = net.to(dev).to(memory_format=torch.channels_last)

@@ -242,10 +242,12 @@ class Journal:
                 continue  # killed before the schema was written
             meta = json.loads((reader.schema.metadata or {}).get(b"smcli.producer", b"{}"))
             if meta != producer_meta:
-                diff = sorted(k for k in set(meta) | set(producer_meta) if meta.get(k) != producer_meta.get(k))
+                keys = set(meta) | set(producer_meta)
+                diff = sorted(k for k in keys if meta.get(k) != producer_meta.get(k))
                 raise UsageError(
                     f"--resume: the interrupted run of {self.out} used other settings "
-                    f"({', '.join(f'{k}={meta.get(k)!r}' for k in diff[:3])}); rerun without --resume to start over"
+                    f"({', '.join(f'{k}={meta.get(k)!r}' for k in diff[:3])}); "
+                    "rerun without --resume to start over"
                 )
             while True:
                 try:
@@ -317,8 +319,14 @@ class _Progress:
         self._bar = None
         if enabled and total:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(
                 TextColumn("extract-regions"), BarColumn(), MofNCompleteColumn(),
@@ -402,7 +410,8 @@ def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractO
     meta_producer = producer(backbone, opts.dtype)
     schema = regions_schema(backbone.grid, backbone.dim, backbone.global_dim, opts.dtype)
     np_dtype = DTYPES[opts.dtype][1]
-    row_bytes = (backbone.grid[0] * backbone.grid[1] * backbone.dim + backbone.global_dim) * np.dtype(np_dtype).itemsize
+    n_values = backbone.grid[0] * backbone.grid[1] * backbone.dim + backbone.global_dim
+    row_bytes = n_values * np.dtype(np_dtype).itemsize
     row_group = int(min(8192, max(16, ROW_GROUP_BYTES // row_bytes)))
 
     journal: Journal | None = None
@@ -440,7 +449,8 @@ def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractO
                     say(COMMAND, f"resuming: {resumed:,} image(s) done by the interrupted run, "
                                  f"{len(items) - resumed:,} to go")
                 else:
-                    say(COMMAND, f"--resume: no interrupted run of {target.path}; starting from the beginning")
+                    say(COMMAND, f"--resume: no interrupted run of {target.path}; "
+                                 "starting from the beginning")
             journal.start_segment(schema, meta_producer)
 
         todo = [it for it in items if it.path not in done] if done else list(items)
@@ -458,7 +468,8 @@ def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractO
     elapsed = time.perf_counter() - t0
     processed = counts["processed"]
     say(COMMAND, f"{backbone.name} ({backbone.weights}) at {backbone.image_size}x{backbone.image_size}: "
-                 f"{backbone.grid[0]}x{backbone.grid[1]}x{backbone.dim} regions + {backbone.global_dim}-d global, "
+                 f"{backbone.grid[0]}x{backbone.grid[1]}x{backbone.dim} regions + "
+                 f"{backbone.global_dim}-d global, "
                  f"{opts.dtype}; {processed:,} image(s) in {elapsed:.1f} s "
                  f"({processed / max(elapsed, 1e-9):.1f} images/s) on {backbone.device.type}, "
                  f"{workers} decoding worker(s), {torch.get_num_threads()} torch thread(s)")
