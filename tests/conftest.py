@@ -207,3 +207,32 @@ def flickr8k() -> Path:
     if not FLICKR8K_TOKENS.is_file():
         pytest.skip(f"shared Flickr8k data not found under {FLICKR8K}")
     return FLICKR8K
+
+
+@pytest.fixture(scope="session")
+def example_pipeline(tmp_path_factory) -> dict[str, Path]:
+    """The bundled example run through extract-regions and tokenize (real pretrained
+    features of the 32 example photos, captions with their splits)."""
+    d = tmp_path_factory.mktemp("example_pipeline")
+    feats, caps = d / "feats.parquet", d / "captions.parquet"
+    rc, _, err = run_smcli("extract-regions", EXAMPLES / "images", "-o", feats, cwd=REPO)
+    assert rc == 0, err
+    rc, _, err = run_smcli("tokenize", EXAMPLES / "captions.txt", "--splits", EXAMPLES / "splits.csv",
+                           "-o", caps, cwd=REPO)
+    assert rc == 0, err
+    return {"dir": d, "feats": feats, "captions": caps}
+
+
+# Small model sizes for fast tests; the defaults are for real data.
+SMALL_MODEL_ARGS = ("--inst-dim", "64", "--att-dim", "32", "--hidden-dim", "64", "--emb-dim", "64")
+
+
+@pytest.fixture(scope="session")
+def example_model(example_pipeline) -> Path:
+    """A small sm-LSTM trained on the example data (train split, epoch chosen on val)."""
+    out = example_pipeline["dir"] / "model"
+    rc, _, err = run_smcli("train", "--regions", example_pipeline["feats"], "--captions",
+                           example_pipeline["captions"], "-o", out, "--epochs", "6", "--batch-size", "16",
+                           "--lr", "1e-3", *SMALL_MODEL_ARGS, cwd=REPO, timeout=600)
+    assert rc == 0, err
+    return out

@@ -39,6 +39,13 @@ def train_cmd(
         4, "--mine", min=0,
         help="Negatives per positive that the embedding mines for the matcher (0: whole batch).",
     ),
+    inst_dim: int = typer.Option(512, "--inst-dim", min=1, help="Regions and words are projected to this."),
+    att_dim: int = typer.Option(256, "--att-dim", min=1, help="Hidden size of the saliency MLPs."),
+    hidden_dim: int = typer.Option(512, "--hidden-dim", min=1, help="Multimodal LSTM state size."),
+    emb_dim: int = typer.Option(1024, "--emb-dim", min=1, help="One-to-one embedding size."),
+    score_head: str = typer.Option("mlp", "--score-head", help="mlp (on h_T) | sum (learned sum over h_1..h_T)."),
+    emb_weight: float = typer.Option(
+        1.0, "--emb-weight", min=0.0, help="Weight of the one-to-one embedding loss beside the matcher's."),
     patience: int = typer.Option(4, "--patience", min=1, help="Stop after this many epochs without better val rsum."),
     val_shortlist: int = typer.Option(
         20, "--val-shortlist", min=0, help="Per-epoch val re-ranks this many candidates (0: exhaustive)."
@@ -50,6 +57,8 @@ def train_cmd(
     ),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in the same directory."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in the directory."),
+    checkpoint_every: int = typer.Option(
+        100, "--checkpoint-every", min=1, help="Steps between resumable checkpoints (and every epoch end)."),
     max_steps: int = typer.Option(0, "--max-steps", min=0, help="Cap steps per epoch (0: all), for smoke runs."),
 ) -> None:
     """Train a matcher on the train split, choosing the epoch by val rsum (test is never used).
@@ -67,9 +76,14 @@ def train_cmd(
         raise UsageError(f"--text-encoder {text_encoder}: choose one of {', '.join(TEXT_ENCODERS)}")
     if word_vectors is not None and text_encoder != "bilstm":
         raise UsageError("--word-vectors applies to --text-encoder bilstm")
-    cfg = ModelConfig(variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, steps=steps)
+    if score_head not in ("mlp", "sum"):
+        raise UsageError(f"--score-head {score_head}: choose mlp or sum")
+    cfg = ModelConfig(variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, steps=steps,
+                      inst_dim=inst_dim, sim_dim=inst_dim, att_dim=att_dim, hidden_dim=hidden_dim,
+                      emb_dim=emb_dim, score_head=score_head)
     opts = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay_epochs=lr_decay_epochs,
                         margin=margin, negatives=parse_negatives(negatives), mine=mine,
                         patience=patience, val_shortlist=val_shortlist, seed=seed, device=device, precision=precision,
-                        resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps)
+                        resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps,
+                        checkpoint_every=checkpoint_every, emb_weight=emb_weight)
     train(regions, captions, output, cfg, opts)

@@ -41,7 +41,7 @@ def evaluate(session, regions: str, captions: str, split: str = "test", *,
     caps = open_stage(captions, "captions")
     session.check_captions(caps)
     caps.close()
-    data = load_matching_data(regions, captions, command="retrieve")
+    data = load_matching_data(regions, captions, command="retrieve", with_regions=session.many_to_many)
     session.check_features(data.features_meta, regions)
     rows = np.flatnonzero(data.split == split)
     if len(rows) == 0:
@@ -54,7 +54,8 @@ def evaluate(session, regions: str, captions: str, split: str = "test", *,
     pos[images] = np.arange(len(images))
     started = time.time()
     gallery = session.gallery([data.image_ids[i] for i in images], [""] * len(images),
-                              data.regions[images], data.global_[images])
+                              None if data.regions is None else data.regions[images],
+                              data.global_[images])
     texts = session.texts([data.caption_ids[i] for i in rows], [data.captions[i] for i in rows],
                           [data.token_ids[i] for i in rows])
     cap_img = pos[data.caption_image[rows]]

@@ -19,6 +19,11 @@ from smcli.models.matchers import ImageSide, TextSide
 SHORTLIST_OFFSET = 1e6  # re-ranked candidates sort above every embedding-only score
 
 
+def as_tensor(array: np.ndarray, device: str = "cpu") -> torch.Tensor:
+    """A float32 tensor of a (possibly float16) feature array."""
+    return torch.from_numpy(np.asarray(array, dtype=np.float32)).to(device)
+
+
 def _cat(parts: list, cls):
     fields = parts[0].__dataclass_fields__
     return cls(**{name: (None if getattr(parts[0], name) is None
@@ -27,14 +32,14 @@ def _cat(parts: list, cls):
 
 
 @torch.inference_mode()
-def encode_images(model, regions: np.ndarray, global_: np.ndarray, *, batch_size: int = 256,
+def encode_images(model, regions: np.ndarray | None, global_: np.ndarray, *, batch_size: int = 256,
                   device: str = "cpu") -> ImageSide:
-    """Per-image tensors for all images (float16 features are computed in float32)."""
+    """Per-image tensors for all images (float16 features are computed in float32).
+    ``regions`` may be None for one-to-one models, which use the global feature only."""
     parts = []
-    for start in range(0, len(regions), batch_size):
-        r = torch.from_numpy(np.asarray(regions[start:start + batch_size], dtype=np.float32)).to(device)
-        g = torch.from_numpy(np.asarray(global_[start:start + batch_size], dtype=np.float32)).to(device)
-        parts.append(model.encode_images(r, g))
+    for start in range(0, len(global_), batch_size):
+        r = None if regions is None else as_tensor(regions[start:start + batch_size], device)
+        parts.append(model.encode_images(r, as_tensor(global_[start:start + batch_size], device)))
     return _cat(parts, ImageSide)
 
 

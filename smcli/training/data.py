@@ -20,7 +20,7 @@ class MatchingData:
     """Images with features and the captions that describe them, joined on image_id."""
 
     image_ids: list[str]
-    regions: np.ndarray  # [N, R, D] (float16 or float32)
+    regions: np.ndarray | None  # [N, R, D] (float16 or float32); None when not loaded
     global_: np.ndarray  # [N, D]
     features_meta: dict[str, Any]  # producer metadata of the regions file
     caption_ids: list[str]
@@ -37,8 +37,12 @@ class MatchingData:
         return caps, np.unique(self.caption_image[caps])
 
 
-def load_matching_data(regions_path: str, captions_path: str, command: str = "train") -> MatchingData:
-    """Join a regions file and a captions file on image_id, reporting what does not join."""
+def load_matching_data(regions_path: str, captions_path: str, command: str = "train",
+                       with_regions: bool = True) -> MatchingData:
+    """Join a regions file and a captions file on image_id, reporting what does not join.
+
+    ``with_regions=False`` loads only the global features (one-to-one models need no more).
+    """
     from smcli.images.features import load_regions
     from smcli.stage import open_stage
 
@@ -48,7 +52,7 @@ def load_matching_data(regions_path: str, captions_path: str, command: str = "tr
         table = caps.read(["caption_id", "image_id", "caption", "token_ids", "split"])
     finally:
         caps.close()
-    feats = load_regions(regions_path)
+    feats = load_regions(regions_path, regions=with_regions)
     position = {image_id: i for i, image_id in enumerate(feats.image_ids)}
     image_col = table.column("image_id").to_pylist()
     joined = np.array([position.get(i, -1) if i is not None else -1 for i in image_col], dtype=np.int64)
@@ -71,10 +75,11 @@ def load_matching_data(regions_path: str, captions_path: str, command: str = "tr
     remap = np.full(len(feats.image_ids), -1, dtype=np.int64)
     remap[images] = np.arange(len(images))
     cols = {name: table.column(name).to_pylist() for name in ("caption_id", "caption", "token_ids", "split")}
+    every = len(images) == len(feats.image_ids)  # no copy of the (large) arrays then
     return MatchingData(
         image_ids=[feats.image_ids[i] for i in images],
-        regions=feats.regions[images],
-        global_=feats.global_[images],
+        regions=None if feats.regions is None else feats.regions if every else feats.regions[images],
+        global_=feats.global_ if every else feats.global_[images],
         features_meta=feats.meta,
         caption_ids=[cols["caption_id"][i] for i in keep],
         captions=[cols["caption"][i] for i in keep],

@@ -24,7 +24,13 @@ import torch
 
 from smcli.errors import UsageError
 from smcli.evaluation.recall import RecallMetrics, recall_metrics
-from smcli.evaluation.scoring import encode_images, encode_texts, exhaustive_scores, two_stage_scores
+from smcli.evaluation.scoring import (
+    as_tensor,
+    encode_images,
+    encode_texts,
+    exhaustive_scores,
+    two_stage_scores,
+)
 from smcli.models.config import ModelConfig
 from smcli.models.factory import ModelInfo, create_model, save_model
 from smcli.models.text_inputs import make_text_store
@@ -96,8 +102,9 @@ class Trainer:
         self.device = resolve_device(opts.device)
         self.precision = resolve_precision(opts.precision, self.device)
         self.train_caps, self.val_caps = check_splits(data)
-        cfg.img_dim = int(data.regions.shape[-1])
-        cfg.regions = int(data.regions.shape[1])
+        grid = data.features_meta.get("grid", [1, 1])
+        cfg.img_dim = int(data.global_.shape[-1])
+        cfg.regions = int(grid[0]) * int(grid[1])
         cfg.vocab_size = len(data.vocab)
         if cfg.word_vectors is not None:
             from smcli.models.glove import DIM, NAME
@@ -123,10 +130,10 @@ class Trainer:
         self.store_row[used] = np.arange(len(used))
         return store
 
-    def _images(self, index: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        r = torch.from_numpy(np.asarray(self.data.regions[index], dtype=np.float32))
-        g = torch.from_numpy(np.asarray(self.data.global_[index], dtype=np.float32))
-        return r.to(self.device), g.to(self.device)
+    def _images(self, index: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor]:
+        regions = self.data.regions
+        r = None if regions is None else as_tensor(regions[index], self.device)
+        return r, as_tensor(self.data.global_[index], self.device)
 
     # -- evaluation ---------------------------------------------------------------------
     @torch.inference_mode()
@@ -137,8 +144,8 @@ class Trainer:
         img_pos[images] = np.arange(len(images))
         cap_img = img_pos[self.data.caption_image[caps]]
         with autocast(self.device, self.precision):
-            img = encode_images(model, self.data.regions[images], self.data.global_[images],
-                                device=self.device)
+            regions = None if self.data.regions is None else self.data.regions[images]
+            img = encode_images(model, regions, self.data.global_[images], device=self.device)
             txt = encode_texts(model, store, self.store_row[caps], device=self.device)
             if shortlist:
                 two = two_stage_scores(model, img, txt, shortlist)
@@ -349,5 +356,5 @@ def train(regions: str, captions: str, out_dir: str | Path, cfg: ModelConfig,
         cfg = ModelConfig.from_dict(saved["config"])
         opts = TrainOptions(**{**saved["options"], "resume": True, "device": opts.device})
         say("train", f"resuming a {cfg.variant} ({cfg.text_encoder}) run with its saved settings")
-    data = load_matching_data(regions, captions)
+    data = load_matching_data(regions, captions, with_regions=cfg.many_to_many)
     return Trainer(data, out, cfg, opts).run()

@@ -1,0 +1,176 @@
+"""Training on the real example features: learning, determinism, resume, refusals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO, SMALL_MODEL_ARGS, assert_one_line_error, child_env, run_smcli
+from smcli.models import ModelConfig, create_model
+from smcli.training.checkpoint import load_state
+from smcli.training.data import load_matching_data
+from smcli.training.trainer import Trainer, TrainOptions
+
+SMALL = dict(inst_dim=64, sim_dim=64, att_dim=32, hidden_dim=64, emb_dim=64, ctx_dim=32)
+
+
+def metrics(model_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (model_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:  # timings differ between runs; everything else must not
+        for key in ("train_seconds", "eval_seconds", "pairs_per_second"):
+            r.pop(key, None)
+    return rows
+
+
+@pytest.mark.parametrize("variant", ["smlstm", "vse"])
+def test_training_lowers_the_loss_and_fits_the_train_split(example_pipeline, tmp_path, variant):
+    data = load_matching_data(str(example_pipeline["feats"]), str(example_pipeline["captions"]))
+    opts = TrainOptions(epochs=12, batch_size=16, lr=1e-3, patience=100, seed=0)
+    trainer = Trainer(data, tmp_path, ModelConfig(variant=variant, **SMALL), opts, log=lambda m: None)
+    trainer.run()
+    rows = metrics(tmp_path)
+    assert len(rows) == 12
+    assert rows[-1]["loss"] < 0.6 * rows[0]["loss"]
+    # the last epoch's weights, evaluated on the 80 training captions of 16 images
+    model = create_model(trainer.cfg)
+    import torch
+
+    load_state(tmp_path, model, torch.optim.Adam(model.parameters()))
+    store = trainer._text_store()
+    m = trainer.evaluate(model, store, trainer.train_caps, shortlist=0)
+    chance = 100 / 16
+    assert m.t2i_r1 > 5 * chance and m.i2t_r1 > 5 * chance, m.short()
+
+
+def test_same_seed_gives_the_same_metrics(example_pipeline, tmp_path):
+    args = ["train", "--regions", example_pipeline["feats"], "--captions", example_pipeline["captions"],
+            "--epochs", "2", "--batch-size", "16", "--seed", "7", *SMALL_MODEL_ARGS]
+    for name in ("a", "b"):
+        rc, _, err = run_smcli(*args, "-o", tmp_path / name, cwd=REPO, timeout=300)
+        assert rc == 0, err
+    assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
+    a = (tmp_path / "a" / "model.safetensors").read_bytes()
+    assert a == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_resume_after_kill_continues_to_the_same_result(example_pipeline, tmp_path):
+    args = ["train", "--regions", str(example_pipeline["feats"]), "--captions",
+            str(example_pipeline["captions"]), "--epochs", "3", "--batch-size", "8",
+            "--checkpoint-every", "2", "--seed", "3", *SMALL_MODEL_ARGS]
+    rc, _, err = run_smcli(*args, "-o", tmp_path / "straight", cwd=REPO, timeout=300)
+    assert rc == 0, err
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "smcli", *args, "-o", str(out)], cwd=REPO,
+                            env=child_env(None), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = out / "train_state.safetensors"
+    deadline = time.time() + 240
+    # kill -9 once a mid-epoch checkpoint of the second epoch exists
+    from smcli.training.checkpoint import read_progress
+
+    while time.time() < deadline and proc.poll() is None:
+        if state.exists():
+            try:
+                p = read_progress(out)
+            except Exception:  # noqa: BLE001 - caught between write and rename; try again
+                p = None
+            if p and p["epoch"] >= 1 and p["step"] > 0:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
+    done_before = len(metrics(out))
+    assert done_before >= 1
+
+    rc, _, err = run_smcli(*args, "-o", out, "--resume", cwd=REPO, timeout=300)
+    assert rc == 0, err
+    assert "resuming at epoch 2" in err
+    assert metrics(out) == metrics(tmp_path / "straight")
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "straight" / "model.safetensors").read_bytes()
+
+
+def test_cca_is_fitted_and_chosen_on_val(example_pipeline, tmp_path):
+    rc, _, err = run_smcli("train", "--variant", "cca", "--regions", example_pipeline["feats"],
+                           "--captions", example_pipeline["captions"], "-o", tmp_path / "cca",
+                           cwd=REPO, timeout=300)
+    assert rc == 0, err
+    cfg = json.loads((tmp_path / "cca" / "config.json").read_text())
+    assert cfg["model"]["variant"] == "cca"
+    assert cfg["best"]["rsum"] > 0
+    assert "cca reg" in err
+
+
+def test_model_directory_is_not_clobbered(example_model, example_pipeline, tmp_path):
+    rc, _, err = run_smcli("train", "--regions", example_pipeline["feats"], "--captions",
+                           example_pipeline["captions"], "-o", example_model, cwd=REPO)
+    assert_one_line_error(rc, err, "--overwrite")
+
+
+def test_model_directory_contents(example_model):
+    cfg = json.loads((example_model / "config.json").read_text())
+    assert cfg["model"]["variant"] == "smlstm"
+    assert cfg["features"]["backbone"] == "efficientnet-lite0"
+    assert cfg["features"]["pretrained"] is True
+    assert cfg["vocab_hash"]
+    assert cfg["training"]["train_captions"] == 80 and cfg["training"]["val_captions"] == 40
+    assert (example_model / "vocab.txt").read_text().startswith("<pad>\n<unk>\n")
+    rows = [json.loads(line) for line in (example_model / "metrics.jsonl").read_text().splitlines()]
+    assert {"epoch", "loss", "val_rsum", "val_i2t_r1", "val_t2i_r10", "train_seconds"} <= set(rows[0])
+    assert cfg["best"]["rsum"] == max(r["val_rsum"] for r in rows)
+
+
+def test_captions_without_splits_are_refused(example_pipeline, tmp_path):
+    caps = tmp_path / "nosplit.parquet"
+    rc, _, err = run_smcli("tokenize", REPO / "examples" / "captions.txt", "-o", caps, cwd=REPO)
+    assert rc == 0, err
+    rc, _, err = run_smcli("train", "--regions", example_pipeline["feats"], "--captions", caps,
+                           "-o", tmp_path / "m", cwd=REPO)
+    assert_one_line_error(rc, err, "train split")
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+
+
+def test_nothing_joins_is_one_clear_error(example_pipeline, tmp_path):
+    caps = tmp_path / "other.csv"
+    caps.write_text("image,caption,split\nnot_there.jpg,a dog runs,train\n")
+    parquet = tmp_path / "other.parquet"
+    rc, _, err = run_smcli("tokenize", caps, "-o", parquet, cwd=REPO)
+    assert rc == 0, err
+    rc, _, err = run_smcli("train", "--regions", example_pipeline["feats"], "--captions", parquet,
+                           "-o", tmp_path / "m", cwd=REPO)
+    assert_one_line_error(rc, err, "no caption", "image_id")
+
+
+def test_wrong_kind_of_file_is_refused_before_work(example_pipeline, tmp_path):
+    rc, _, err = run_smcli("train", "--regions", example_pipeline["captions"], "--captions",
+                           example_pipeline["captions"], "-o", tmp_path / "m", cwd=REPO)
+    assert_one_line_error(rc, err, "expected a regions file, got captions")
+
+
+def test_features_from_another_backbone_are_refused(example_model, example_pipeline, tmp_path):
+    feats = tmp_path / "random.parquet"
+    images = sorted((REPO / "examples" / "images").iterdir())[:2]
+    rc, _, err = run_smcli("extract-regions", *images, "--weights", "none", "-o", feats, cwd=REPO)
+    assert rc == 0, err
+    rc, _, err = run_smcli("score", "--model", example_model, "--regions", feats, "--captions",
+                           example_pipeline["captions"], "-o", tmp_path / "s.parquet", cwd=REPO)
+    assert_one_line_error(rc, err, "features differ", "pretrained")
+    assert not (tmp_path / "s.parquet").exists()
+
+
+def test_bilstm_with_glove_trains(example_pipeline, tmp_path):
+    rc, _, err = run_smcli("train", "--text-encoder", "bilstm", "--word-vectors", "glove-6b-50d",
+                           "--regions", example_pipeline["feats"], "--captions", example_pipeline["captions"],
+                           "-o", tmp_path / "b", "--epochs", "1", "--batch-size", "16", *SMALL_MODEL_ARGS,
+                           cwd=REPO, timeout=300)
+    assert rc == 0, err
+    assert "GloVe vectors for" in err
+    assert np.isfinite(metrics(tmp_path / "b")[0]["loss"])
