@@ -290,6 +290,8 @@ def test_argument_errors_are_one_line(tmp_path):
     one_error_line(*run_here("extract-regions", IMAGES, "-o", out, "--weights", "nofile.pth")[::2],
                    "nofile.pth")
     one_error_line(*run_here("extract-regions", IMAGES, "--resume", *FAST)[::2], "--resume")
+    (tmp_path / "empty").mkdir()
+    one_error_line(*run_here("extract-regions", tmp_path / "empty", "-o", out)[::2], "no images found")
     assert not out.exists()
 
 
@@ -390,3 +392,12 @@ def test_resume_refuses_other_settings_and_fresh_run_discards(tmp_path):
     assert rc == 0 and "discarding the partial results" in err
     rc, _, err = run_here("extract-regions", d, "-o", out, *FAST, "--resume")
     assert rc == 0 and "no interrupted run" in err
+
+
+def test_progress_only_when_asked_in_a_pipe(tmp_path):
+    files = some_images(tmp_path / "imgs", 2)
+    out = tmp_path / "feats.parquet"
+    rc, _, err = run_here("extract-regions", *files, "-o", out, *FAST)
+    assert rc == 0 and "img/s" not in err  # stderr is not a terminal: quiet
+    rc, _, err = run_here("extract-regions", *files, "-o", out, *FAST, "--progress")
+    assert rc == 0 and "img/s" in err and "2/2" in err

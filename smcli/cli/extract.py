@@ -77,6 +77,11 @@ def extract_regions_cmd(
                           device=device, max_pixels=max_pixels, resume=resume, progress=progress)
     report = RunReport("extract-regions", errors_path=errors, strict=strict)
     listing = list_images(inputs, report, root=root, path_column=path_column)
+    if listing.listed == 0:
+        from smcli.errors import InputError
+
+        raise InputError(f"no images found in {' '.join(inputs)} (looked for image extensions "
+                         "in directories; lists and tables were empty)")
     counts = run_extract(listing.items, target, opts, report)
     final = {"listed": listing.listed, "duplicates": listing.duplicates}
     if counts["resumed"]:

@@ -516,7 +516,7 @@ def extract_images(
     weights: str = "default",
     *,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "float16",
     max_pixels: int = DEFAULT_MAX_PIXELS,
     batch_size: int = 16,
     signature: dict[str, Any] | None = None,
@@ -527,7 +527,9 @@ def extract_images(
     model was trained on), the backbone, image size and weights come from it, and the
     loaded backbone must have the same identity; ``weights`` may then still name the local
     file the signature's ``file:...`` identity refers to. A bad image raises InputError
-    naming the file. The backbone stays cached for the next call.
+    naming the file. The backbone stays cached for the next call. ``dtype`` float16 (the
+    default, as extract-regions writes) gives exactly the values the image has in a
+    default regions file.
     """
     from smcli.images.features import check_signature, weights_arg
 
