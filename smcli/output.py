@@ -10,19 +10,24 @@ import pyarrow as pa
 from smcli.stage import OutputTarget, new_meta, write_table
 
 
-def wants_table(output: str | None) -> bool:
-    """A human reads stdout: no -o given and stdout is a terminal."""
-    return output is None and sys.stdout.isatty()
+def wants_table(output: str | None, force: bool = False) -> bool:
+    """A human reads stdout: no -o given and stdout is a terminal (or ``--table``)."""
+    if force and output is not None:
+        from smcli.errors import UsageError
+
+        raise UsageError("--table prints to stdout; it does not go with -o")
+    return force or (output is None and sys.stdout.isatty())
 
 
 def emit(table: pa.Table, kind: str, producer: dict, output: str | None, *,
-         title: str = "", show: Sequence[str] | None = None, group: str | None = None) -> int:
+         title: str = "", show: Sequence[str] | None = None, group: str | None = None,
+         force_table: bool = False) -> int:
     """Write ``table`` as an smcli file of ``kind`` to -o / a pipe, or print it at a terminal.
 
     ``show`` picks the columns printed; ``group`` starts a new block when its value changes.
     Returns the number of rows.
     """
-    if not wants_table(output):
+    if not wants_table(output, force_table):
         from smcli.stage import resolve_output
 
         target: OutputTarget = resolve_output(output)
@@ -32,7 +37,7 @@ def emit(table: pa.Table, kind: str, producer: dict, output: str | None, *,
 
     cols = list(show or table.column_names)
     rows = table.select(cols).to_pylist()
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     view = Table(title=title or None, show_lines=False, title_justify="left")
     for c in cols:
         view.add_column(c, overflow="fold", justify="right" if c in ("rank", "score") else "left")

@@ -6,6 +6,7 @@ or the nearest smcli.toml (see ``smcli.defaults``); ``make demo`` writes one.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -19,6 +20,7 @@ SHORTLIST_HELP = "Candidates the one-to-one embedding shortlists for sm-LSTM to 
 EXHAUSTIVE_HELP = "Score every candidate with the matcher instead of a shortlist."
 DEVICE_HELP = "auto | cpu | cuda"
 PRECISION_HELP = "auto | fp32 | bf16"
+TABLE_HELP = "Print a readable table even when stdout is not a terminal (not with -o)."
 
 
 def _session(model: str | None, device: str, precision: str):
@@ -37,6 +39,7 @@ def score_cmd(
         None, "--pairs", help="Parquet/CSV of image_id with caption_id or caption text; "
                               "default: each caption of --captions with its own image."),
     output: str | None = typer.Option(None, "-o", "--output", help=OUTPUT_HELP),
+    table: bool = typer.Option(False, "--table", help=TABLE_HELP),
     errors: Path | None = typer.Option(None, "--errors", help=ERRORS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -50,16 +53,16 @@ def score_cmd(
     from smcli.search.tasks import load_captions, load_features, score_pairs
     from smcli.stage import resolve_output
 
-    if not wants_table(output):
+    if not wants_table(output, table):
         resolve_output(output)  # fail before any work
     report = RunReport("score", errors_path=errors, strict=strict)
     session = _session(model, device, precision)
     caps = load_captions(session, resolve("captions", captions))
     feats = load_features(session, resolve("regions", regions))
-    table = score_pairs(session, feats, caps, pairs, report)
-    read = table.num_rows + len(report.rejects)
-    written = emit(table, "scores", {"command": "score", **session.producer()}, output,
-                   show=["image_id", "caption", "score"])
+    result = score_pairs(session, feats, caps, pairs, report)
+    read = result.num_rows + len(report.rejects)
+    written = emit(result, "scores", {"command": "score", **session.producer()}, output,
+                   show=["image_id", "caption", "score"], force_table=table)
     report.finish(read=read, written=written, rejected=len(report.rejects))
 
 
@@ -72,6 +75,8 @@ def retrieve_cmd(
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
     regions: str | None = typer.Option(None, "--regions", help=REGIONS_HELP),
     captions: str | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
+    index: str | None = typer.Option(
+        None, "--index", help="Saved gallery from smcli index (text queries; instead of --regions)."),
     top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Results per query."),
     shortlist: int = typer.Option(100, "--shortlist", min=1, help=SHORTLIST_HELP),
     exhaustive: bool = typer.Option(False, "--exhaustive", help=EXHAUSTIVE_HELP),
@@ -79,6 +84,7 @@ def retrieve_cmd(
     split: str = typer.Option("test", "--split", help="Split for --eval."),
     folds: int = typer.Option(1, "--folds", min=1, help="--eval over N equal folds, averaged (COCO 1K: 5)."),
     output: str | None = typer.Option(None, "-o", "--output", help=OUTPUT_HELP + " With --eval: .json or .parquet."),
+    table: bool = typer.Option(False, "--table", help=TABLE_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
@@ -104,16 +110,20 @@ def retrieve_cmd(
         raise UsageError("nothing to search: give --query TEXT, --queries FILE or --image ID_OR_PATH")
     if texts and image:
         raise UsageError("give text queries or --image, not both")
-    if not wants_table(output):
+    if not wants_table(output, table):
         resolve_output(output)
     session = _session(model, device, precision)
     mode = None if exhaustive else shortlist
     from smcli.search import tasks
 
     if texts:
-        feats = tasks.load_features(session, resolve("regions", regions))
-        table = tasks.search_images(session, feats, texts, top_k, mode)
-        show = ["query", "rank", "score", "id"]
+        index_dir = index or (None if regions else resolve("index", None, required=False))
+        if index_dir:
+            result = tasks.search_index(session, index_dir, texts, top_k, mode)
+        else:
+            feats = tasks.load_features(session, resolve("regions", regions))
+            result = tasks.search_images(session, feats, texts, top_k, mode)
+        show = ["query", "rank", "score", "path"]
     else:
         from smcli.search.inputs import resolve_images
 
@@ -121,10 +131,10 @@ def retrieve_cmd(
         feats = tasks.load_features(session, reg_path) if reg_path else None
         images = resolve_images(list(image), feats, session.loaded.info.features)
         caps = tasks.load_captions(session, resolve("captions", captions))
-        table = tasks.search_texts(session, images, caps, top_k, mode)
+        result = tasks.search_texts(session, images, caps, top_k, mode)
         show = ["query", "rank", "score", "caption"]
-    emit(table, "retrieval", {"command": "retrieve", "shortlist": mode, **session.producer()}, output,
-         show=show, group="query")
+    emit(result, "retrieval", {"command": "retrieve", "shortlist": mode, **session.producer()}, output,
+         show=show, group="query", force_table=table)
 
 
 def _read_queries(path: str) -> list[str]:
@@ -154,7 +164,7 @@ def _evaluate(model, regions, captions, split, shortlist, folds, output, device,
              f"{m.images:,} images, {m.captions:,} captions, {result.mode}"
              + (f" (shortlist {result.shortlist})" if result.mode == "two-stage" else "")
              + (f", {folds} folds" if folds > 1 else ""))
-    view = Table(title=title, title_justify="left")
+    view = Table()
     for c in ("direction", "R@1", "R@5", "R@10", "med r", "mean r"):
         view.add_column(c, justify="right")
     view.add_row("image->text", f"{m.i2t_r1:.1f}", f"{m.i2t_r5:.1f}", f"{m.i2t_r10:.1f}",
@@ -162,7 +172,9 @@ def _evaluate(model, regions, captions, split, shortlist, folds, output, device,
     view.add_row("text->image", f"{m.t2i_r1:.1f}", f"{m.t2i_r5:.1f}", f"{m.t2i_r10:.1f}",
                  f"{m.t2i_medr:.0f}", f"{m.t2i_meanr:.1f}")
     view.caption = f"rsum {m.rsum:.1f}; scoring {result.seconds:.1f} s, {result.pairs_scored:,} pairs"
-    Console(stderr=output is None and False).print(view)
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    console.print(title)
+    console.print(view)
     record = {**result.to_dict(), "model": session.name, "model_hash": session.loaded.hash,
               "variant": session.loaded.config.variant, "text_encoder": session.loaded.config.text_encoder}
     if output:
@@ -198,6 +210,7 @@ def caption_rank_cmd(
     shortlist: int = typer.Option(100, "--shortlist", min=1, help=SHORTLIST_HELP),
     exhaustive: bool = typer.Option(False, "--exhaustive", help=EXHAUSTIVE_HELP),
     output: str | None = typer.Option(None, "-o", "--output", help=OUTPUT_HELP),
+    table: bool = typer.Option(False, "--table", help=TABLE_HELP),
     errors: Path | None = typer.Option(None, "--errors", help=ERRORS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -214,7 +227,7 @@ def caption_rank_cmd(
     from smcli.search.inputs import ImageSet, resolve_images
     from smcli.stage import resolve_output
 
-    if not wants_table(output):
+    if not wants_table(output, table):
         resolve_output(output)
     report = RunReport("caption-rank", errors_path=errors, strict=strict)
     session = _session(model, device, precision)
@@ -227,10 +240,10 @@ def caption_rank_cmd(
     caps = None
     if candidates is None:
         caps = tasks.load_captions(session, resolve("captions", captions))
-    table = tasks.rank_captions(session, images, caps, candidates, top_k,
+    result = tasks.rank_captions(session, images, caps, candidates, top_k,
                                 None if exhaustive else shortlist, report)
-    written = emit(table, "caption-ranks", {"command": "caption-rank", **session.producer()}, output,
-                   show=["image_id", "rank", "score", "caption"], group="image_id")
+    written = emit(result, "caption-ranks", {"command": "caption-rank", **session.producer()}, output,
+                   show=["image_id", "rank", "score", "caption"], group="image_id", force_table=table)
     report.finish(images=len(images.image_ids), written=written, rejected=len(report.rejects))
 
 

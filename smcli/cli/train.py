@@ -44,6 +44,12 @@ def train_cmd(
     hidden_dim: int = typer.Option(512, "--hidden-dim", min=1, help="Multimodal LSTM state size."),
     emb_dim: int = typer.Option(1024, "--emb-dim", min=1, help="One-to-one embedding size."),
     score_head: str = typer.Option("mlp", "--score-head", help="mlp (on h_T) | sum (learned sum over h_1..h_T)."),
+    local_skip: bool = typer.Option(
+        False, "--local-skip/--no-local-skip",
+        help="Add the mean cosine of the selected pairs over the steps to the score (a skip path)."),
+    fuse_global: bool = typer.Option(
+        False, "--fuse-global/--no-fuse-global",
+        help="Add a learned multiple of the one-to-one cosine to the sm-LSTM score."),
     emb_weight: float = typer.Option(
         1.0, "--emb-weight", min=0.0, help="Weight of the one-to-one embedding loss beside the matcher's."),
     patience: int = typer.Option(4, "--patience", min=1, help="Stop after this many epochs without better val rsum."),
@@ -80,7 +86,8 @@ def train_cmd(
         raise UsageError(f"--score-head {score_head}: choose mlp or sum")
     cfg = ModelConfig(variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, steps=steps,
                       inst_dim=inst_dim, sim_dim=inst_dim, att_dim=att_dim, hidden_dim=hidden_dim,
-                      emb_dim=emb_dim, score_head=score_head)
+                      emb_dim=emb_dim, score_head=score_head, fuse_global=fuse_global,
+                      local_skip=local_skip)
     opts = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay_epochs=lr_decay_epochs,
                         margin=margin, negatives=parse_negatives(negatives), mine=mine,
                         patience=patience, val_shortlist=val_shortlist, seed=seed, device=device, precision=precision,

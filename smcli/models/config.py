@@ -30,6 +30,9 @@ class ModelConfig:
     hidden_dim: int = 512  # multimodal LSTM state
     steps: int = 3  # T
     score_head: str = "mlp"  # "mlp" on h_T, or "sum": a learned sum over h_1..h_T
+    local_scale: bool = False  # x_t times sim_dim, so the LSTM input is O(1), not O(1/d)
+    local_skip: bool = False  # add the mean local cosine over steps to the score (a skip path)
+    fuse_global: bool = False  # add a learned multiple of the one-to-one cosine to the score
     dropout: float = 0.1
     # one-to-one embedding head (the vse variant, shortlisting, negative mining)
     emb_dim: int = 1024

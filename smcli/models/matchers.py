@@ -23,7 +23,9 @@ class Side:
     """Per-item tensors of one modality; ``select`` picks rows of all of them."""
 
     def select(self, index: torch.Tensor):
-        return type(self)(**{f.name: (None if (v := getattr(self, f.name)) is None else v[index])
+        # index_select: its backward is index_add_, much faster on CPU than v[index]'s
+        return type(self)(**{f.name: (None if (v := getattr(self, f.name)) is None
+                                      else v.index_select(0, index))
                              for f in fields(self)})
 
     def __len__(self) -> int:
@@ -149,6 +151,8 @@ class SmLSTM(Matcher):
             self.D_s_img = nn.Linear(dc, da, bias=False)
             self.D_s_sen = nn.Linear(dc, da, bias=False)
         self.lstm = nn.LSTMCell(ds, dh)
+        if cfg.fuse_global:
+            self.global_weight = nn.Parameter(torch.tensor(1.0))
         if cfg.score_head == "sum":
             self.head = nn.Linear(dh, 1)
         else:
@@ -209,7 +213,7 @@ class SmLSTM(Matcher):
         if self.attention == "context":
             ctx_a = _pair_add(img.ctx_a, txt.ctx_a, grid)
             ctx_s = _pair_add(img.ctx_s, txt.ctx_s, grid)
-        region_maps, word_maps, outputs = [], [], []
+        region_maps, word_maps, outputs, cosines = [], [], [], []
         for _ in range(self.cfg.steps):
             if self.attention == "uniform":
                 p = img.values.new_full((*shape, img.values.shape[-2]), 1.0 / img.values.shape[-2])
@@ -225,6 +229,10 @@ class SmLSTM(Matcher):
             a_sel = _weighted(p, img.values, grid, images=True)  # [*shape, sim_dim]
             s_sel = _weighted(q, txt.values, grid, images=False)
             x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
+            if self.cfg.local_skip:
+                cosines.append(x.float().sum(-1))
+            if self.cfg.local_scale:
+                x = x * x.shape[-1]
             h2, c2 = self.lstm(x.reshape(-1, x.shape[-1]),
                                (h.reshape(-1, h.shape[-1]), c.reshape(-1, c.shape[-1])))
             h, c = h2.reshape(h.shape), c2.reshape(c.shape)
@@ -237,6 +245,11 @@ class SmLSTM(Matcher):
                 score = sum(self.head(o.float()).squeeze(-1) for o in outputs)
             else:
                 score = self.head(h.float()).squeeze(-1)
+            if self.cfg.local_skip:
+                score = score + torch.stack(cosines).mean(0)
+            if self.cfg.fuse_global:
+                glob = img.emb @ txt.emb.T if grid else (img.emb * txt.emb).sum(-1)
+                score = score + self.global_weight * glob
         maps = Attention(torch.stack(region_maps, -2), torch.stack(word_maps, -2)) if keep_maps else None
         return score, maps
 

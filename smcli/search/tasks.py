@@ -177,14 +177,68 @@ def search_images(session: MatchSession, feats, queries: list[str], top_k: int,
     gallery = session.gallery(feats.image_ids, feats.paths, feats.regions, feats.global_)
     texts = session.texts([str(i + 1) for i in range(len(queries))], queries, cache=False)
     ranking = images_for_texts(session, gallery, texts, top_k, shortlist)
+    return _query_table(queries, ranking.items, ranking.scores, gallery.image_ids, gallery.paths)
+
+
+def search_index(session: MatchSession, index_dir: str, queries: list[str], top_k: int,
+                 shortlist: int | None) -> pa.Table:
+    """Text -> images over a saved gallery (``smcli index``): faiss shortlists, and only the
+    shortlisted images' tensors are read from the memory maps and re-ranked."""
+    import torch
+
+    from smcli.evaluation.scoring import score_pair_list
+    from smcli.runtime import autocast
+    from smcli.search.index import open_gallery, search
+
+    for q in queries:
+        session.check_query(q)
+    saved = open_gallery(index_dir)
+    if saved.meta.get("model_hash") != session.loaded.hash:
+        raise InputError(f"{index_dir}: built with model {saved.meta.get('model')} "
+                         f"({saved.meta.get('model_hash')}), not {session.name} ({session.loaded.hash}); "
+                         "rebuild it with smcli index")
+    texts = session.texts([str(i + 1) for i in range(len(queries))], queries, cache=False)
+    q_emb = texts.side.emb.float().cpu().numpy()
+    if shortlist is None:
+        raise InputError("--exhaustive needs --regions, not --index (an index is for shortlists)")
+    emb_scores, cand = search(saved.index, q_emb, max(shortlist, top_k) if session.many_to_many else top_k)
+    items, scores = [], []
+    if not session.many_to_many:
+        for row, s in zip(cand, emb_scores):
+            keep = row >= 0
+            items.append(row[keep])
+            scores.append(s[keep])
+    else:
+        rows = np.unique(cand[cand >= 0])
+        side = saved.image_side(rows, device=session.device)
+        local = {int(r): k for k, r in enumerate(rows)}
+        qq = np.repeat(np.arange(len(queries)), cand.shape[1])
+        cc = cand.reshape(-1)
+        ok = cc >= 0
+        ii = np.array([local[int(r)] for r in cc[ok]])
+        with torch.inference_mode(), autocast(session.device, session.precision):
+            s = score_pair_list(session.model, side, texts.side, torch.as_tensor(ii, device=session.device),
+                                torch.as_tensor(qq[ok], device=session.device)).float().cpu().numpy()
+        full = np.full(len(cc), -np.inf)
+        full[ok] = s
+        full = full.reshape(len(queries), -1)
+        for q in range(len(queries)):
+            order = np.argsort(-full[q], kind="stable")[:top_k]
+            order = order[np.isfinite(full[q][order])]
+            items.append(cand[q][order])
+            scores.append(full[q][order])
+    return _query_table(queries, items, scores, saved.image_ids, saved.paths)
+
+
+def _query_table(queries, items, scores, ids, paths) -> pa.Table:
     out = {"query": [], "rank": [], "id": [], "score": [], "path": []}
-    for q, items, scores in zip(queries, ranking.items, ranking.scores):
-        for rank, (i, s) in enumerate(zip(items, scores), start=1):
+    for q, its, ss in zip(queries, items, scores):
+        for rank, (i, s) in enumerate(zip(its, ss), start=1):
             out["query"].append(q)
             out["rank"].append(rank)
-            out["id"].append(gallery.image_ids[i])
+            out["id"].append(ids[i])
             out["score"].append(float(s))
-            out["path"].append(gallery.paths[i])
+            out["path"].append(paths[i])
     return pa.table({**out, "rank": pa.array(out["rank"], pa.int32()),
                      "score": pa.array(out["score"], pa.float64())})
 

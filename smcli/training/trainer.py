@@ -225,21 +225,25 @@ class Trainer:
             order = torch.randperm(n_train, generator=torch.Generator().manual_seed(opts.seed * 100003 + epoch))
             started = time.time()
             loss_sum = progress.get("loss_sum", 0.0)
+            match_sum = progress.get("match_loss_sum", 0.0)
             pairs = progress.get("pairs", 0)
             model.train()
             with _StepProgress(f"epoch {epoch + 1}", steps, progress["step"]) as bar:
                 for step in range(progress["step"], steps):
                     idx = self.train_caps[order[step * opts.batch_size:(step + 1) * opts.batch_size].numpy()]
-                    loss, n_pairs = self._step(model, optimizer, store, idx)
+                    loss, match_loss, n_pairs = self._step(model, optimizer, store, idx)
                     loss_sum += loss
+                    match_sum += match_loss
                     pairs += n_pairs
                     bar.update(loss_sum / (step + 1), pairs / max(1e-9, time.time() - started))
                     if (step + 1) % opts.checkpoint_every == 0 and step + 1 < steps:
                         save_state(self.out_dir, model, optimizer,
-                                   {**progress, "step": step + 1, "loss_sum": loss_sum, "pairs": pairs})
+                                   {**progress, "step": step + 1, "loss_sum": loss_sum,
+                                    "match_loss_sum": match_sum, "pairs": pairs})
             train_time = time.time() - started
             metrics = self.evaluate(model, store, self.val_caps, opts.val_shortlist)
-            row = {"epoch": epoch + 1, "loss": loss_sum / steps, **_prefixed(metrics),
+            row = {"epoch": epoch + 1, "loss": loss_sum / steps, "match_loss": match_sum / steps,
+                   **_prefixed(metrics),
                    "lr": lr, "train_seconds": round(train_time, 1),
                    "pairs_per_second": round(pairs / max(train_time, 1e-9), 1),
                    "eval_seconds": round(time.time() - started - train_time, 1)}
@@ -251,10 +255,11 @@ class Trainer:
             else:
                 progress["bad_epochs"] += 1
             self._append_metrics(row)
-            self.log(f"epoch {epoch + 1}: loss {row['loss']:.4f}, val {metrics.short()}"
+            self.log(f"epoch {epoch + 1}: loss {row['loss']:.4f} (matcher {row['match_loss']:.4f}), "
+                     f"val {metrics.short()}"
                      f"{' (best)' if improved else ''}, {row['train_seconds']:.0f}s train "
                      f"+ {row['eval_seconds']:.0f}s val, {row['pairs_per_second']:.0f} pairs/s")
-            progress.update(epoch=epoch + 1, step=0, loss_sum=0.0, pairs=0)
+            progress.update(epoch=epoch + 1, step=0, loss_sum=0.0, match_loss_sum=0.0, pairs=0)
             save_state(self.out_dir, model, optimizer, progress)
         if progress["bad_epochs"] >= opts.patience:
             self.log(f"stopped early: no better val rsum for {opts.patience} epochs")
@@ -262,7 +267,8 @@ class Trainer:
                  f"model in {self.out_dir}")
         return json.loads((self.out_dir / "config.json").read_text())["best"]
 
-    def _step(self, model, optimizer, store, idx: np.ndarray) -> tuple[float, int]:
+    def _step(self, model, optimizer, store, idx: np.ndarray) -> tuple[float, float, int]:
+        """One optimisation step; returns (loss, the matcher's part of it, pairs scored)."""
         opts = self.opts
         cap_img = self.data.caption_image[idx]
         images, inverse = np.unique(cap_img, return_inverse=True)
@@ -271,9 +277,9 @@ class Trainer:
         with autocast(self.device, self.precision):
             img = model.encode_images(*self._images(images))
             txt = model.encode_texts(store.batch(self.store_row[idx], device=self.device))
-            emb = img.emb[inv] @ txt.emb.T  # [B, B] embedding scores, rows: image of pair i
+            emb = model.embedding_grid(img, txt)[inv]  # [B, B] float32; rows: image of pair i
             loss = opts.emb_weight * ranking_loss_grid(emb.float(), same, opts.margin, opts.negatives)
-            n_pairs = 0
+            n_pairs, m2m = 0, torch.zeros(())
             if self.cfg.many_to_many:
                 m2m, n_pairs = self._matcher_loss(model, img, txt, inv, same, emb.detach())
                 loss = loss + m2m
@@ -282,7 +288,7 @@ class Trainer:
         if opts.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
         optimizer.step()
-        return float(loss.detach()), n_pairs or len(idx) * len(idx)
+        return float(loss.detach()), float(m2m.detach()), n_pairs or len(idx) * len(idx)
 
     def _matcher_loss(self, model, img, txt, inv, same, emb):
         opts = self.opts
