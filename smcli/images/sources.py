@@ -92,7 +92,11 @@ class _Collector:
 def _walk(directory: str) -> tuple[list[str], list[str]]:
     """(image files, other files) under directory, relative posix paths, sorted."""
     images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(directory, onerror=None):
+
+    def unreadable(exc: OSError) -> None:
+        raise InputError(f"{exc.filename}: cannot list directory ({exc.strerror})")
+
+    for dirpath, dirnames, filenames in os.walk(directory, onerror=unreadable):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         rel_dir = os.path.relpath(dirpath, directory)
         for name in filenames:
