@@ -153,3 +153,20 @@ def test_cca_finds_the_shared_direction():
     off = s[~np.eye(50, dtype=bool)]
     assert np.diag(s).mean() > off.mean() + 0.5
     assert (s >= np.diag(s)[:, None]).sum(1).mean() < 10  # the true pair ranks high
+
+
+@pytest.mark.parametrize("n_img,n_txt", [(12, 9), (2, 9), (12, 2)])
+def test_pair_lists_score_as_the_grid_whatever_their_grouping(n_img, n_txt):
+    from smcli.evaluation.scoring import score_pair_list
+
+    model = make("smlstm", local_skip=True, fuse_global=True)
+    r, g = images(12)
+    with torch.no_grad():
+        img = model.encode_images(r, g)
+        txt = model.encode_texts(texts("minilm", lengths=(5, 3, 7, 2, 6, 4, 5, 1, 7)))
+        grid = model.score_grid(img, txt)
+        gen = torch.Generator().manual_seed(0)
+        ii = torch.randint(0, n_img, (300,), generator=gen)
+        cc = torch.randint(0, n_txt, (300,), generator=gen)
+        got = score_pair_list(model, img, txt, ii, cc, chunk=50)
+    torch.testing.assert_close(got, grid[ii, cc], atol=1e-5, rtol=1e-5)

@@ -52,6 +52,10 @@ def train_cmd(
         help="Add a learned multiple of the one-to-one cosine to the sm-LSTM score."),
     emb_weight: float = typer.Option(
         1.0, "--emb-weight", min=0.0, help="Weight of the one-to-one embedding loss beside the matcher's."),
+    dropout: float = typer.Option(0.1, "--dropout", min=0.0, max=0.9, help="Dropout on region and word projections."),
+    emb_dropout: float = typer.Option(
+        0.0, "--emb-dropout", min=0.0, max=0.9, help="Dropout in the one-to-one embedding head."),
+    weight_decay: float = typer.Option(0.0, "--weight-decay", min=0.0, help="AdamW weight decay."),
     patience: int = typer.Option(4, "--patience", min=1, help="Stop after this many epochs without better val rsum."),
     val_shortlist: int = typer.Option(
         20, "--val-shortlist", min=0, help="Per-epoch val re-ranks this many candidates (0: exhaustive)."
@@ -86,11 +90,13 @@ def train_cmd(
         raise UsageError(f"--score-head {score_head}: choose mlp or sum")
     cfg = ModelConfig(variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, steps=steps,
                       inst_dim=inst_dim, sim_dim=inst_dim, att_dim=att_dim, hidden_dim=hidden_dim,
-                      emb_dim=emb_dim, score_head=score_head, fuse_global=fuse_global,
+                      emb_dim=emb_dim, score_head=score_head, fuse_global=fuse_global, dropout=dropout,
+                      emb_dropout=emb_dropout,
                       local_skip=local_skip)
     opts = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay_epochs=lr_decay_epochs,
                         margin=margin, negatives=parse_negatives(negatives), mine=mine,
                         patience=patience, val_shortlist=val_shortlist, seed=seed, device=device, precision=precision,
                         resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps,
-                        checkpoint_every=checkpoint_every, emb_weight=emb_weight)
+                        checkpoint_every=checkpoint_every, emb_weight=emb_weight,
+                        weight_decay=weight_decay)
     train(regions, captions, output, cfg, opts)

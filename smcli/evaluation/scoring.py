@@ -93,13 +93,42 @@ def top_k(scores: torch.Tensor, k: int, dim: int) -> torch.Tensor:
 
 @torch.inference_mode()
 def score_pair_list(model, img: ImageSide, txt: TextSide, ii: torch.Tensor, cc: torch.Tensor,
-                    *, chunk: int = 8192, progress=None) -> torch.Tensor:
-    out = []
-    for s in range(0, len(ii), chunk):
-        out.append(model.score_pairs(img, txt, ii[s:s + chunk], cc[s:s + chunk]).float())
-        if progress is not None:
-            progress(len(out[-1]))
-    return torch.cat(out) if out else torch.zeros(0)
+                    *, chunk: int = 4096, progress=None) -> torch.Tensor:
+    """Scores of the pairs (img[ii[k]], txt[cc[k]]), [P] float32.
+
+    When many pairs share an image (or a caption), they are scored as a 1 x n grid per
+    image (n x 1 per caption), so that image's tensors are broadcast instead of copied per
+    pair; a list of unrelated pairs is scored pair by pair, in chunks.
+    """
+    n = len(ii)
+    if n == 0:
+        return torch.zeros(0)
+    by_image = torch.unique(ii).numel() <= torch.unique(cc).numel()
+    key = ii if by_image else cc
+    groups, counts = torch.unique(key, return_counts=True)
+    if n < 8 * len(groups):  # small groups: plain pairs
+        out = []
+        for s in range(0, n, chunk):
+            out.append(model.score_pairs(img, txt, ii[s:s + chunk], cc[s:s + chunk]).float())
+            if progress is not None:
+                progress(len(out[-1]))
+        return torch.cat(out)
+    order = torch.argsort(key, stable=True)
+    out = torch.empty(n, dtype=torch.float32, device=ii.device)
+    start = 0
+    for g, count in zip(groups.tolist(), counts.tolist()):
+        rows = order[start:start + count]
+        start += count
+        one = torch.tensor([g], device=ii.device)
+        for s in range(0, count, chunk):
+            sub = rows[s:s + chunk]
+            if by_image:
+                out[sub] = model.score_grid(img.select(one), txt.select(cc[sub]))[0].float()
+            else:
+                out[sub] = model.score_grid(img.select(ii[sub]), txt.select(one))[:, 0].float()
+            if progress is not None:
+                progress(len(sub))
+    return out
 
 
 @torch.inference_mode()

@@ -33,9 +33,10 @@ class ModelConfig:
     local_scale: bool = False  # x_t times sim_dim, so the LSTM input is O(1), not O(1/d)
     local_skip: bool = False  # add the mean local cosine over steps to the score (a skip path)
     fuse_global: bool = False  # add a learned multiple of the one-to-one cosine to the score
-    dropout: float = 0.1
+    dropout: float = 0.1  # on the region and word features entering the matcher
     # one-to-one embedding head (the vse variant, shortlisting, negative mining)
     emb_dim: int = 1024
+    emb_dropout: float = 0.0
     # cca
     cca_dim: int = 256
     cca_reg: float = 1e-3

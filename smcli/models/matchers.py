@@ -64,15 +64,16 @@ class EmbeddingHead(nn.Module):
 
     def __init__(self, cfg: ModelConfig, sent_dim: int):
         super().__init__()
+        self.drop = nn.Dropout(cfg.emb_dropout)
         self.image = nn.Linear(cfg.img_dim, cfg.emb_dim)
-        self.text = nn.Sequential(nn.Linear(sent_dim, cfg.emb_dim), nn.ReLU(),
+        self.text = nn.Sequential(nn.Linear(sent_dim, cfg.emb_dim), nn.ReLU(), nn.Dropout(cfg.emb_dropout),
                                   nn.Linear(cfg.emb_dim, cfg.emb_dim))
 
     def embed_images(self, global_: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.image(global_).float(), dim=-1)
+        return F.normalize(self.image(self.drop(global_)).float(), dim=-1)
 
     def embed_texts(self, sentence: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text(sentence).float(), dim=-1)
+        return F.normalize(self.text(self.drop(sentence)).float(), dim=-1)
 
 
 def full_precision(t: torch.Tensor):
@@ -160,7 +161,7 @@ class SmLSTM(Matcher):
 
     # -- one side at a time -------------------------------------------------------------
     def encode_images(self, regions: torch.Tensor, global_: torch.Tensor) -> ImageSide:
-        a = self.drop(self.region_proj(regions))  # [N, R, d]
+        a = self.region_proj(self.drop(regions))  # [N, R, d]
         side = ImageSide(emb=self.embedding.embed_images(global_), values=self.P_a(a))
         if self.attention != "uniform":
             side.keys = self.W_a(a)
@@ -171,7 +172,7 @@ class SmLSTM(Matcher):
 
     def encode_texts(self, batch: dict[str, torch.Tensor]) -> TextSide:
         feats = self.text_encoder(batch)
-        s = self.drop(self.word_proj(feats.words))  # [N, L, d]
+        s = self.word_proj(self.drop(feats.words))  # [N, L, d]
         side = TextSide(emb=self.embedding.embed_texts(feats.sentence), values=self.P_s(s),
                         mask=feats.mask)
         if self.attention != "uniform":

@@ -54,6 +54,7 @@ class TrainOptions:
     mine: int = 4  # negatives per positive mined by the embedding; 0 = score the whole batch
     emb_weight: float = 1.0  # weight of the embedding head's loss beside the matcher's
     grad_clip: float = 2.0
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
     patience: int = 4  # stop after this many epochs without a better val rsum
     val_shortlist: int = 20  # per-epoch val: re-rank this many candidates (0 = exhaustive)
     checkpoint_every: int = 100  # steps between resumable checkpoints
@@ -201,7 +202,8 @@ class Trainer:
                 known = torch.from_numpy(vecs.any(1))
                 model.text_encoder.embed.weight[known] = torch.from_numpy(vecs[known.numpy()]).to(self.device)
             self.log(f"GloVe vectors for {hits:,} of {len(vecs):,} words")
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=opts.lr)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr,
+                                      weight_decay=opts.weight_decay)
         progress = {"epoch": 0, "step": 0, "best_rsum": -1.0, "best_epoch": 0, "bad_epochs": 0,
                     "config": self.cfg.to_dict(), "options": asdict(opts)}
         if opts.resume:
