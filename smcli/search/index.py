@@ -3,15 +3,22 @@ the per-image sm-LSTM tensors, memory-mapped, so a query reads only its shortlis
 
 Directory layout (written by ``smcli index``)::
 
-    meta.json        model hash, feature signature, image count, tensor shapes
+    meta.json        model hash, feature signature, image count, sides, index kind and parameters
     images.parquet   image_id, path
     embeddings.faiss faiss index (inner product = cosine on normalised embeddings)
-    sides.npz-less   one .npy per per-image tensor (keys, values, ctx_a, ctx_s), float16
+    NAME.npy         one per per-image tensor (keys, values, ctx_a, ctx_s), float16; and
+                     emb.npy (float32 embeddings) where the index is lossy (IVF)
+
+Index kinds: "flat" (exact; "auto" up to FLAT_UP_TO images), "ivf" (inverted lists over
+8-bit scalar-quantised vectors, ~1 byte per dimension; "auto" above) and "hnsw" (a graph
+over the float32 vectors). nprobe (IVF) and efSearch (HNSW) are stored in the faiss file
+and recorded in meta.json.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, fields
@@ -25,27 +32,92 @@ from smcli.errors import InputError
 META_FILE = "meta.json"
 IDS_FILE = "images.parquet"
 FAISS_FILE = "embeddings.faiss"
-HNSW_ABOVE = 200_000  # exact search below this many images, HNSW above
+EMB_SIDE = "emb"  # float32 copy of the embeddings, kept where the faiss index is lossy
+KINDS = ("auto", "flat", "ivf", "hnsw")
+FLAT_UP_TO = 200_000  # "auto": exact search up to this many images, IVF above
+IVF_NPROBE = 32  # inverted lists visited per query
+IVF_TRAIN_PER_LIST = 40  # k-means training points per list (faiss wants at least 39)
+ADD_CHUNK = 65_536  # vectors converted and added to faiss at a time
 
 
-def build_faiss(embeddings: np.ndarray, kind: str = "auto"):
-    """An inner-product faiss index over L2-normalised embeddings."""
+@dataclass
+class IndexSpec:
+    """The resolved kind of a faiss index and its parameters (recorded in meta.json)."""
+
+    kind: str  # flat | ivf | hnsw
+    params: dict[str, Any]
+
+    @property
+    def lossy(self) -> bool:
+        """Whether vectors read back from the index differ from those added (IVF keeps
+        8-bit codes), so that re-ranking needs the float32 embeddings kept beside it."""
+        return self.kind == "ivf"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, **self.params}
+
+
+def ivf_nlist(n: int) -> int:
+    """About 4 sqrt(n) inverted lists, but no more than the vectors can train."""
+    return max(1, min(int(4 * math.sqrt(n)), n // IVF_TRAIN_PER_LIST))
+
+
+def index_spec(n: int, kind: str = "auto", *, nlist: int | None = None,
+               nprobe: int = IVF_NPROBE) -> IndexSpec:
+    """Resolve ``kind`` for ``n`` vectors: "auto" is exact (flat) up to FLAT_UP_TO vectors
+    and IVF (scalar-quantised to 8 bits, ~1 byte per dimension) above."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown index kind {kind!r} (one of {', '.join(KINDS)})")
+    if kind == "auto":
+        kind = "ivf" if n > FLAT_UP_TO else "flat"
+    if kind == "ivf":
+        lists = nlist or ivf_nlist(n)
+        return IndexSpec("ivf", {"nlist": lists, "nprobe": min(nprobe, lists), "codes": "sq8"})
+    if kind == "hnsw":
+        return IndexSpec("hnsw", {"M": 32, "efConstruction": 80, "efSearch": 256})
+    return IndexSpec("flat", {})
+
+
+def build_faiss(embeddings, kind: str = "auto", *, nlist: int | None = None,
+                nprobe: int = IVF_NPROBE, seed: int = 0):
+    """An inner-product faiss index over L2-normalised embeddings [N, d].
+
+    ``embeddings`` may be a memory map (it is read ADD_CHUNK rows at a time, and IVF trains
+    on a sample of it), or anything ``np.asarray`` turns into an array."""
+    index, _ = build_faiss_spec(embeddings, kind, nlist=nlist, nprobe=nprobe, seed=seed)
+    return index
+
+
+def build_faiss_spec(embeddings, kind: str = "auto", *, nlist: int | None = None,
+                     nprobe: int = IVF_NPROBE, seed: int = 0):
+    """:func:`build_faiss`, also returning the :class:`IndexSpec` it built."""
     import faiss
 
-    emb = np.ascontiguousarray(embeddings, dtype=np.float32)
-    d = emb.shape[1]
-    if kind == "auto":
-        kind = "hnsw" if len(emb) > HNSW_ABOVE else "flat"
-    if kind == "flat":
+    emb = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings, dtype=np.float32)
+    n, d = emb.shape
+    spec = index_spec(n, kind, nlist=nlist, nprobe=nprobe)
+    p = spec.params
+    if spec.kind == "flat":
         index = faiss.IndexFlatIP(d)
-    elif kind == "hnsw":
-        index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = 80
-        index.hnsw.efSearch = 256
+    elif spec.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, p["M"], faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = p["efConstruction"]
+        index.hnsw.efSearch = p["efSearch"]
     else:
-        raise ValueError(f"unknown index kind {kind}")
-    index.add(emb)
-    return index
+        index = faiss.index_factory(d, f"IVF{p['nlist']},SQ8", faiss.METRIC_INNER_PRODUCT)
+        index.cp.spherical = True  # unit-norm centroids: cosine k-means
+        take = min(n, p["nlist"] * IVF_TRAIN_PER_LIST)
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=take, replace=False))
+        index.train(_f32(read_rows(emb, rows)))
+        index.nprobe = p["nprobe"]
+        spec.params["trained_on"] = int(take)
+    for start in range(0, n, ADD_CHUNK):
+        index.add(_f32(read_range(emb, start, start + ADD_CHUNK)))
+    return index, spec
+
+
+def _f32(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,71 +135,190 @@ class SavedGallery:
     image_ids: list[str]
     paths: list[str]
     index: Any  # faiss index
-    sides: dict[str, np.ndarray]  # name -> memory-mapped [N, ...] float16
+    sides: dict[str, np.ndarray]  # name -> memory-mapped [N, ...] (float16; emb float32)
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def image_side(self, rows: np.ndarray, emb: np.ndarray | None = None, device: str = "cpu"):
-        """The per-image tensors of ``rows`` (read from the memory maps)."""
+        """The per-image tensors of ``rows``, in the order given (repeats allowed). The
+        embeddings come from ``emb``, else from the saved float32 copy, else from the
+        (exact) faiss index."""
         import torch
 
         from smcli.models.matchers import ImageSide
 
-        rows = np.asarray(rows)
-        order = np.argsort(rows)  # read the memory maps in file order
-        back = np.empty_like(order)
-        back[order] = np.arange(len(order))
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        unique, back = np.unique(rows, return_inverse=True)  # each row read once, in file order
         values = {}
         for f in fields(ImageSide):
             if f.name in self.sides:
-                arr = self.sides[f.name][rows[order]][back]
+                arr = read_rows(self.sides[f.name], unique)[back]
                 values[f.name] = torch.from_numpy(np.asarray(arr, dtype=np.float32)).to(device)
-        if emb is None:
-            emb = np.stack([self.index.reconstruct(int(r)) for r in rows])
-        values["emb"] = torch.from_numpy(np.asarray(emb, dtype=np.float32)).to(device)
+        if emb is not None:
+            values["emb"] = torch.from_numpy(np.asarray(emb, dtype=np.float32)).to(device)
+        elif "emb" not in values:
+            emb = np.stack([self.index.reconstruct(int(r)) for r in rows]) if len(rows) else \
+                np.zeros((0, self.index.d), np.float32)
+            values["emb"] = torch.from_numpy(np.asarray(emb, dtype=np.float32)).to(device)
         return ImageSide(**values)
 
 
+def _mapped_file(arr) -> tuple[str, int] | None:
+    """(path, data offset) of a whole memory-mapped .npy as np.load opens it, else None."""
+    path, offset = getattr(arr, "filename", None), getattr(arr, "offset", None)
+    if (not isinstance(arr, np.memmap) or path is None or offset is None or not hasattr(os, "preadv")
+            or not arr.flags.c_contiguous or arr.ndim == 0 or arr._mmap is None):
+        return None
+    try:
+        if offset + arr.nbytes != os.path.getsize(path):  # a slice of the file's array
+            return None
+    except OSError:
+        return None
+    return path, offset
+
+
+def read_range(arr, start: int, stop: int) -> np.ndarray:
+    """``arr[start:stop]``; from a memory-mapped .npy by one pread (reading through the
+    map would leave every page read counted in the process's RSS)."""
+    where = _mapped_file(arr)
+    start, stop = max(0, start), min(stop, len(arr))
+    if where is None or stop <= start:
+        return np.asarray(arr[start:stop])
+    out = np.empty((stop - start, *arr.shape[1:]), dtype=arr.dtype)
+    row_bytes = out[0].nbytes
+    fd = os.open(where[0], os.O_RDONLY)
+    try:
+        view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+        while done < len(view):  # large reads may come back in parts
+            got = os.preadv(fd, [view[done:]], where[1] + start * row_bytes + done)
+            if got <= 0:
+                raise OSError(f"{where[0]}: short read")
+            done += got
+    finally:
+        os.close(fd)
+    return out
+
+
+def read_rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``arr[rows]`` for sorted ``rows`` of a memory-mapped .npy (as np.load opens it).
+
+    On a gallery larger than the page cache a memory map is the slow way to read scattered
+    rows: every page fault also reads the pages around it (for a query's 100 images, tens
+    of MB instead of 4 MB). Here each row is one pread of exactly its bytes, with kernel
+    read-ahead off for the file; anything else falls back to indexing the array."""
+    where = _mapped_file(arr)
+    if where is None:
+        return np.asarray(arr[rows])
+    path, offset = where
+    out = np.empty((len(rows), *arr.shape[1:]), dtype=arr.dtype)
+    if not len(rows):
+        return out
+    if rows[0] < 0 or rows[-1] >= len(arr):
+        raise IndexError(f"row {rows[0] if rows[0] < 0 else rows[-1]} out of range for {len(arr)} images")
+    row_bytes = out[0].nbytes
+    flat = out.reshape(len(rows), -1).view(np.uint8)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        for k, r in enumerate(rows.tolist()):
+            if os.preadv(fd, [flat[k]], offset + r * row_bytes) != row_bytes:
+                raise OSError(f"{path}: short read at row {r}")
+    finally:
+        os.close(fd)
+    return out
+
+
+class _NpyWriter:
+    """A .npy file of known shape written front to back with plain writes (a writable
+    memory map would count every page written in the process's RSS)."""
+
+    def __init__(self, path: Path, dtype, shape: tuple[int, ...]):
+        self.path, self.dtype, self.shape, self.rows = path, np.dtype(dtype), shape, 0
+        self.handle = open(path, "wb")  # noqa: SIM115 - closed in close()
+        np.lib.format.write_array_header_1_0(self.handle, {
+            "descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape})
+
+    def write(self, arr) -> None:
+        arr = np.ascontiguousarray(arr, dtype=self.dtype)
+        if arr.shape[1:] != self.shape[1:] or self.rows + len(arr) > self.shape[0]:
+            raise ValueError(f"{self.path.name}: rows of shape {arr.shape[1:]} after {self.rows}, "
+                             f"for an array of shape {self.shape}")
+        self.handle.write(memoryview(arr).cast("B"))
+        self.rows += len(arr)
+
+    def close(self) -> None:
+        self.handle.close()
+        if self.rows != self.shape[0]:
+            raise ValueError(f"side chunks gave {self.rows} images, not {self.shape[0]}")
+
+
 def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str], paths: list[str],
-                 embeddings: np.ndarray, side_chunks, kind: str = "auto") -> None:
+                 embeddings, side_chunks, kind: str = "auto", nlist: int | None = None,
+                 nprobe: int = IVF_NPROBE) -> None:
     """Write an index directory; ``side_chunks`` yields dicts of name -> [n, ...] arrays in
-    image order (so the per-image tensors never need to fit in memory at once)."""
+    image order (so the per-image tensors never need to fit in memory at once).
+
+    ``embeddings`` [N, d] (an array, a memory map, or anything np.asarray takes) are the
+    vectors the faiss index is built over; or None, when the chunks carry them under "emb"
+    (then they too are streamed to disk and never held in memory at once). Sides are stored
+    as float16; "emb" as float32, and kept only where the index is lossy (IVF), so that
+    re-ranking reads exact embeddings."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    n = len(image_ids)
+    spec = index_spec(n, kind, nlist=nlist, nprobe=nprobe)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    writers: dict[str, _NpyWriter] = {}
     try:
-        n = len(image_ids)
-        maps: dict[str, np.ndarray] = {}
-        done = 0
         for chunk in side_chunks:
-            size = None
             for name, arr in chunk.items():
-                if name not in maps:
-                    maps[name] = np.lib.format.open_memmap(tmp / f"{name}.npy", mode="w+",
-                                                           dtype=np.float16, shape=(n, *arr.shape[1:]))
-                maps[name][done:done + len(arr)] = arr
-                size = len(arr)
-            done += size or 0
-        for m in maps.values():
-            m.flush()
-        faiss.write_index(build_faiss(embeddings, kind), str(tmp / FAISS_FILE))
+                if name not in writers:
+                    writers[name] = _NpyWriter(tmp / f"{name}.npy", np.float32 if name == EMB_SIDE
+                                               else np.float16, (n, *np.shape(arr)[1:]))
+                writers[name].write(arr)
+        for w in writers.values():
+            w.close()
+        emb_file = tmp / f"{EMB_SIDE}.npy"
+        if embeddings is None:
+            if EMB_SIDE not in writers:
+                raise ValueError("no embeddings: pass embeddings= or an 'emb' entry in the side chunks")
+            source = np.load(emb_file, mmap_mode="r")  # read back with pread, chunk by chunk
+        else:
+            source = (embeddings if isinstance(embeddings, np.ndarray)
+                      else np.asarray(embeddings, dtype=np.float32))
+            if spec.lossy and EMB_SIDE not in writers:
+                w = _NpyWriter(emb_file, np.float32, source.shape)
+                for s in range(0, n, ADD_CHUNK):
+                    w.write(read_range(source, s, s + ADD_CHUNK))
+                w.close()
+        index, spec = build_faiss_spec(source, spec.kind, nlist=spec.params.get("nlist"), nprobe=nprobe)
+        faiss.write_index(index, str(tmp / FAISS_FILE))
+        del index, source
+        if not spec.lossy:  # the exact index gives the embeddings back
+            emb_file.unlink(missing_ok=True)
+        names = sorted(p.stem for p in tmp.glob("*.npy"))
         pq.write_table(pa.table({"image_id": image_ids, "path": paths}), tmp / IDS_FILE)
-        meta = {**meta, "images": n, "sides": sorted(maps)}
+        meta = {**meta, "images": n, "sides": names, "index": spec.to_json()}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         if directory.exists():
             shutil.rmtree(directory)
         os.replace(tmp, directory)
     except BaseException:
+        for w in writers.values():
+            w.handle.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def open_gallery(directory: str | Path) -> SavedGallery:
+def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGallery:
+    """Open an index directory (faiss index in memory, per-image tensors memory-mapped).
+    ``nprobe`` overrides the IVF lists visited per query recorded at build time."""
     import faiss
     import pyarrow.parquet as pq
 
@@ -137,5 +328,10 @@ def open_gallery(directory: str | Path) -> SavedGallery:
     meta = json.loads((d / META_FILE).read_text())
     ids = pq.read_table(d / IDS_FILE)
     sides = {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in meta.get("sides", [])}
+    index = faiss.read_index(str(d / FAISS_FILE))
+    spec = meta.get("index") or {}
+    if spec.get("kind") == "ivf":
+        ivf = faiss.extract_index_ivf(index)  # faiss saves nprobe too; meta.json is the record
+        ivf.nprobe = int(nprobe or spec.get("nprobe") or ivf.nprobe)
     return SavedGallery(d, meta, ids.column("image_id").to_pylist(), ids.column("path").to_pylist(),
-                        faiss.read_index(str(d / FAISS_FILE)), sides)
+                        index, sides)

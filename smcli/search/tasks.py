@@ -184,24 +184,60 @@ def search_index(session: MatchSession, index_dir: str, queries: list[str], top_
                  shortlist: int | None) -> pa.Table:
     """Text -> images over a saved gallery (``smcli index``): faiss shortlists, and only the
     shortlisted images' tensors are read from the memory maps and re-ranked."""
-    import torch
-
-    from smcli.evaluation.scoring import score_pair_list
-    from smcli.runtime import autocast
-    from smcli.search.index import open_gallery, search
-
     for q in queries:
         session.check_query(q)
-    saved = open_gallery(index_dir)
+    saved = open_index(session, index_dir)
+    return _query_index(session, saved, queries, top_k, shortlist, None)
+
+
+def open_index(session: MatchSession, index_dir: str, *, nprobe: int | None = None):
+    """A saved gallery, refused unless it was built with the session's model."""
+    from smcli.search.index import open_gallery
+
+    saved = open_gallery(index_dir, nprobe=nprobe)
     if saved.meta.get("model_hash") != session.loaded.hash:
         raise InputError(f"{index_dir}: built with model {saved.meta.get('model')} "
                          f"({saved.meta.get('model_hash')}), not {session.name} ({session.loaded.hash}); "
                          "rebuild it with smcli index")
-    texts = session.texts([str(i + 1) for i in range(len(queries))], queries, cache=False)
-    q_emb = texts.side.emb.float().cpu().numpy()
+    return saved
+
+
+def query_index(session: MatchSession, saved, queries: list[str], top_k: int, shortlist: int | None,
+                timings: dict[str, float] | None = None) -> pa.Table:
+    """The query half of :func:`search_index`, over a gallery opened once with
+    :func:`open_index` (a server, a benchmark). ``timings``, when given, gets the seconds
+    spent in each step added to it: "encode" (text encoding, MiniLM included), "shortlist"
+    (faiss), "read" (shortlisted tensors from the memory maps), "rerank" (the matcher)."""
+    for q in queries:
+        session.check_query(q)
+    return _query_index(session, saved, queries, top_k, shortlist, timings)
+
+
+def _query_index(session: MatchSession, saved, queries: list[str], top_k: int, shortlist: int | None,
+                 timings: dict[str, float] | None) -> pa.Table:
+    import time
+
+    import torch
+
+    from smcli.evaluation.scoring import score_pair_list
+    from smcli.runtime import autocast
+    from smcli.search.index import search
+
+    clock = [time.perf_counter()]
+
+    def lap(step: str) -> None:
+        now = time.perf_counter()
+        if timings is not None:
+            timings[step] = timings.get(step, 0.0) + now - clock[0]
+        clock[0] = now
+
     if shortlist is None:
         raise InputError("--exhaustive needs --regions, not --index (an index is for shortlists)")
+    texts = session.texts([str(i + 1) for i in range(len(queries))], queries, cache=False)
+    q_emb = texts.side.emb.float().cpu().numpy()
+    lap("encode")
     emb_scores, cand = search(saved.index, q_emb, max(shortlist, top_k) if session.many_to_many else top_k)
+    lap("shortlist")
     items, scores = [], []
     if not session.many_to_many:
         for row, s in zip(cand, emb_scores):
@@ -211,11 +247,12 @@ def search_index(session: MatchSession, index_dir: str, queries: list[str], top_
     else:
         rows = np.unique(cand[cand >= 0])
         side = saved.image_side(rows, device=session.device)
+        lap("read")
         local = {int(r): k for k, r in enumerate(rows)}
         qq = np.repeat(np.arange(len(queries)), cand.shape[1])
         cc = cand.reshape(-1)
         ok = cc >= 0
-        ii = np.array([local[int(r)] for r in cc[ok]])
+        ii = np.array([local[int(r)] for r in cc[ok]], dtype=np.int64)
         with torch.inference_mode(), autocast(session.device, session.precision):
             s = score_pair_list(session.model, side, texts.side, torch.as_tensor(ii, device=session.device),
                                 torch.as_tensor(qq[ok], device=session.device)).float().cpu().numpy()
@@ -227,6 +264,7 @@ def search_index(session: MatchSession, index_dir: str, queries: list[str], top_
             order = order[np.isfinite(full[q][order])]
             items.append(cand[q][order])
             scores.append(full[q][order])
+        lap("rerank")
     return _query_table(queries, items, scores, saved.image_ids, saved.paths)
 
 

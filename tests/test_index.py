@@ -1,0 +1,150 @@
+"""The faiss index kinds and the saved gallery (smcli.search.index), without a model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from smcli.search.index import (
+    FLAT_UP_TO,
+    IVF_NPROBE,
+    build_faiss,
+    index_spec,
+    open_gallery,
+    read_range,
+    read_rows,
+    save_gallery,
+    search,
+)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def clustered(rng, n: int, d: int, clusters: int = 200, noise: float = 0.15) -> np.ndarray:
+    """Unit vectors around random centres: embeddings of real images cluster (isotropic
+    random vectors have no near neighbours, and no index but the exact one finds them)."""
+    centres = unit(rng.standard_normal((clusters, d)))
+    return unit(centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, d)))
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found, truth)]))
+
+
+def test_auto_is_exact_up_to_the_limit_and_ivf_above():
+    assert index_spec(FLAT_UP_TO).kind == "flat"
+    big = index_spec(1_000_000)
+    assert big.kind == "ivf" and big.lossy
+    assert big.params["nlist"] == 4000 and big.params["nprobe"] == IVF_NPROBE
+    assert index_spec(10, "ivf").params["nlist"] == 1  # never more lists than it can train
+    assert index_spec(10, "hnsw").kind == "hnsw"
+    with pytest.raises(ValueError, match="unknown index kind"):
+        index_spec(10, "lsh")
+
+
+def test_ivf_finds_what_exact_search_finds():
+    points = clustered(np.random.default_rng(0), 20_200, 64)
+    data, queries = points[:20_000], points[20_000:]  # queries from the same distribution
+    ivf = build_faiss(data, "ivf")
+    assert ivf.nlist == 500 and ivf.nprobe == IVF_NPROBE
+    _, got = search(ivf, queries, 10)
+    _, want = search(build_faiss(data, "flat"), queries, 10)
+    assert recall(got, want) >= 0.9
+
+
+def sides(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {"keys": rng.standard_normal((n, 3, 4)), "values": rng.standard_normal((n, 3, 5)),
+            "ctx_a": rng.standard_normal((n, 4)), "ctx_s": rng.standard_normal((n, 4))}
+
+
+def chunks_of(tensors: dict[str, np.ndarray], size: int):
+    n = len(next(iter(tensors.values())))
+    for s in range(0, n, size):
+        yield {k: v[s:s + size] for k, v in tensors.items()}
+
+
+def save(tmp_path, n: int, kind: str, *, stream_emb: bool = False, d: int = 16, **kw):
+    emb = clustered(np.random.default_rng(2), n, d, clusters=20)
+    tensors = sides(n)
+    if stream_emb:
+        tensors["emb"] = emb
+    out = tmp_path / f"gallery-{kind}"
+    save_gallery(out, meta={"model_hash": "x"}, image_ids=[f"img{i}" for i in range(n)],
+                 paths=[f"/p/{i}.jpg" for i in range(n)], embeddings=None if stream_emb else emb,
+                 side_chunks=chunks_of(tensors, 7), kind=kind, **kw)
+    return out, emb, tensors
+
+
+def check_rows(saved, emb, tensors, rows):
+    side = saved.image_side(rows)
+    for name in ("keys", "values", "ctx_a", "ctx_s"):
+        want = tensors[name][rows].astype(np.float16).astype(np.float32)
+        assert np.array_equal(getattr(side, name).numpy(), want), name
+    np.testing.assert_array_equal(side.emb.numpy(), emb[rows])  # exact, whatever the index
+
+
+def test_saved_gallery_reads_back_the_rows_asked_for_in_their_order(tmp_path):
+    out, emb, tensors = save(tmp_path, 50, "flat")
+    saved = open_gallery(out)
+    assert len(saved) == 50 and saved.image_ids[3] == "img3" and saved.paths[3] == "/p/3.jpg"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["index"] == {"kind": "flat"} and meta["sides"] == ["ctx_a", "ctx_s", "keys", "values"]
+    check_rows(saved, emb, tensors, np.array([17, 2, 49, 17, 0, 2, 33]))  # unsorted, repeats
+    assert len(saved.image_side(np.array([], dtype=np.int64))) == 0
+    _, ids = search(saved.index, emb[[5, 40]], 1)
+    assert ids[:, 0].tolist() == [5, 40]
+
+
+def test_ivf_gallery_keeps_exact_embeddings_and_its_nprobe(tmp_path):
+    out, emb, tensors = save(tmp_path, 2_000, "ivf", nprobe=7)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["index"]["kind"] == "ivf" and meta["index"]["nprobe"] == 7
+    assert "emb" in meta["sides"]  # the 8-bit codes are not the embeddings
+    saved = open_gallery(out)
+    assert saved.index.nprobe == 7 and saved.index.nlist == meta["index"]["nlist"] == 50
+    check_rows(saved, emb, tensors, np.array([1999, 3, 3, 1000, 0]))
+    _, ids = search(saved.index, emb[[10, 1500]], 1)
+    assert ids[:, 0].tolist() == [10, 1500]
+    assert open_gallery(out, nprobe=50).index.nprobe == 50
+
+
+def test_embeddings_can_stream_with_the_sides(tmp_path):
+    out, emb, tensors = save(tmp_path, 300, "flat", stream_emb=True)
+    assert not (out / "emb.npy").exists()  # the exact index gives them back
+    saved = open_gallery(out)
+    assert saved.index.ntotal == 300
+    check_rows(saved, emb, tensors, np.array([299, 0, 150, 0]))
+    out, emb, tensors = save(tmp_path, 2_000, "ivf", stream_emb=True)
+    check_rows(open_gallery(out), emb, tensors, np.array([5, 1, 1999]))
+
+
+def test_a_short_chunk_stream_is_refused(tmp_path):
+    tensors = sides(10)
+    with pytest.raises(ValueError, match="gave 7 images, not 10"):
+        save_gallery(tmp_path / "g", meta={}, image_ids=[str(i) for i in range(10)],
+                     paths=[""] * 10, embeddings=clustered(np.random.default_rng(0), 10, 8, 2),
+                     side_chunks=chunks_of({k: v[:7] for k, v in tensors.items()}, 4), kind="flat")
+    assert not list(tmp_path.iterdir())  # nothing half-written is left
+
+
+def test_rows_are_read_with_one_pread_each_or_by_indexing(tmp_path, monkeypatch):
+    data = np.arange(5 * 3 * 4, dtype=np.float16).reshape(5, 3, 4)
+    np.save(tmp_path / "t.npy", data)
+    mapped = np.load(tmp_path / "t.npy", mmap_mode="r")
+    rows = np.array([0, 2, 4])
+    assert np.array_equal(read_rows(mapped, rows), data[rows])
+    assert read_rows(mapped, rows[:0]).shape == (0, 3, 4)
+    with pytest.raises(IndexError):
+        read_rows(mapped, np.array([1, 5]))
+    assert np.array_equal(read_rows(data, rows), data[rows])  # not a memory map
+    assert np.array_equal(read_rows(mapped[1:], rows[:2]), data[1:][rows[:2]])  # a slice of one
+    assert np.array_equal(read_range(mapped, 1, 4), data[1:4])
+    assert np.array_equal(read_range(mapped, 3, 99), data[3:])
+    assert np.array_equal(read_range(mapped[2:], 0, 2), data[2:4])
+    monkeypatch.delattr("os.preadv")
+    assert np.array_equal(read_rows(mapped, rows), data[rows])
