@@ -7,6 +7,7 @@ sentence vector is the model's own sentence embedding (mean of the states, L2-no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -55,7 +56,9 @@ def cache_dir() -> Path:
     return Path(root) / "minilm"
 
 
+@functools.lru_cache(maxsize=2)
 def _load_model(device: str = "cpu"):
+    """The tokenizer and model, loaded once per process (loading costs ~50 ms)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:

@@ -148,6 +148,9 @@ class Trainer:
             regions = None if self.data.regions is None else self.data.regions[images]
             img = encode_images(model, regions, self.data.global_[images], device=self.device)
             txt = encode_texts(model, store, self.store_row[caps], device=self.device)
+            # the one-to-one head on its own: how good the shortlist is
+            self.embedding_metrics = recall_metrics(model.embedding_grid(img, txt).float().cpu().numpy(),
+                                                    cap_img)
             if shortlist:
                 two = two_stage_scores(model, img, txt, shortlist)
                 return recall_metrics(two.i2t, cap_img, two.t2i)
@@ -245,7 +248,7 @@ class Trainer:
             train_time = time.time() - started
             metrics = self.evaluate(model, store, self.val_caps, opts.val_shortlist)
             row = {"epoch": epoch + 1, "loss": loss_sum / steps, "match_loss": match_sum / steps,
-                   **_prefixed(metrics),
+                   **_prefixed(metrics), "val_embedding_rsum": round(self.embedding_metrics.rsum, 2),
                    "lr": lr, "train_seconds": round(train_time, 1),
                    "pairs_per_second": round(pairs / max(train_time, 1e-9), 1),
                    "eval_seconds": round(time.time() - started - train_time, 1)}
@@ -258,7 +261,7 @@ class Trainer:
                 progress["bad_epochs"] += 1
             self._append_metrics(row)
             self.log(f"epoch {epoch + 1}: loss {row['loss']:.4f} (matcher {row['match_loss']:.4f}), "
-                     f"val {metrics.short()}"
+                     f"val {metrics.short()} (embedding alone {self.embedding_metrics.rsum:.1f})"
                      f"{' (best)' if improved else ''}, {row['train_seconds']:.0f}s train "
                      f"+ {row['eval_seconds']:.0f}s val, {row['pairs_per_second']:.0f} pairs/s")
             progress.update(epoch=epoch + 1, step=0, loss_sum=0.0, match_loss_sum=0.0, pairs=0)
