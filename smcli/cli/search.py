@@ -252,7 +252,8 @@ def index_cmd(
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
     regions: str | None = typer.Option(None, "--regions", help=REGIONS_HELP),
     output: Path = typer.Option(..., "-o", "--output", help="Index directory to write."),
-    kind: str = typer.Option("auto", "--kind", help="auto | flat (exact) | hnsw (approximate, large galleries)."),
+    kind: str = typer.Option(
+        "auto", "--kind", help="auto (flat up to 200k images, ivf above) | flat (exact) | ivf | hnsw (approximate)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:

@@ -56,6 +56,10 @@ def train_cmd(
     emb_dropout: float = typer.Option(
         0.0, "--emb-dropout", min=0.0, max=0.9, help="Dropout in the one-to-one embedding head."),
     weight_decay: float = typer.Option(0.0, "--weight-decay", min=0.0, help="AdamW weight decay."),
+    init: str | None = typer.Option(
+        None, "--init", help="Start the one-to-one head (and a bilstm text encoder) from this trained model."),
+    freeze_embedding: bool = typer.Option(
+        False, "--freeze-embedding", help="Keep the --init head fixed: train the matcher as a re-ranker on top."),
     patience: int = typer.Option(4, "--patience", min=1, help="Stop after this many epochs without better val rsum."),
     val_shortlist: int = typer.Option(
         20, "--val-shortlist", min=0, help="Per-epoch val re-ranks this many candidates (0: exhaustive)."
@@ -86,6 +90,8 @@ def train_cmd(
         raise UsageError(f"--text-encoder {text_encoder}: choose one of {', '.join(TEXT_ENCODERS)}")
     if word_vectors is not None and text_encoder != "bilstm":
         raise UsageError("--word-vectors applies to --text-encoder bilstm")
+    if freeze_embedding and not init:
+        raise UsageError("--freeze-embedding needs --init MODEL_DIR (a trained one-to-one head)")
     if score_head not in ("mlp", "sum"):
         raise UsageError(f"--score-head {score_head}: choose mlp or sum")
     cfg = ModelConfig(variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, steps=steps,
@@ -98,5 +104,5 @@ def train_cmd(
                         patience=patience, val_shortlist=val_shortlist, seed=seed, device=device, precision=precision,
                         resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps,
                         checkpoint_every=checkpoint_every, emb_weight=emb_weight,
-                        weight_decay=weight_decay)
+                        weight_decay=weight_decay, init_from=init, freeze_embedding=freeze_embedding)
     train(regions, captions, output, cfg, opts)

@@ -64,6 +64,8 @@ class TrainOptions:
     resume: bool = False
     overwrite: bool = False
     max_steps_per_epoch: int = 0  # 0 = all; for smoke runs
+    init_from: str | None = None  # model dir whose embedding head (and text encoder) start this one
+    freeze_embedding: bool = False  # keep that one-to-one head fixed: train a re-ranker on top
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -205,6 +207,11 @@ class Trainer:
                 known = torch.from_numpy(vecs.any(1))
                 model.text_encoder.embed.weight[known] = torch.from_numpy(vecs[known.numpy()]).to(self.device)
             self.log(f"GloVe vectors for {hits:,} of {len(vecs):,} words")
+        if opts.init_from:
+            self._warm_start(model, opts.init_from)
+        if opts.freeze_embedding:
+            for module in (model.embedding, model.text_encoder):
+                module.requires_grad_(False)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr,
                                       weight_decay=opts.weight_decay)
         progress = {"epoch": 0, "step": 0, "best_rsum": -1.0, "best_epoch": 0, "bad_epochs": 0,
@@ -233,6 +240,9 @@ class Trainer:
             match_sum = progress.get("match_loss_sum", 0.0)
             pairs = progress.get("pairs", 0)
             model.train()
+            if opts.freeze_embedding:  # no dropout in the fixed head: it mines and scores
+                model.embedding.eval()
+                model.text_encoder.eval()
             with _StepProgress(f"epoch {epoch + 1}", steps, progress["step"]) as bar:
                 for step in range(progress["step"], steps):
                     idx = self.train_caps[order[step * opts.batch_size:(step + 1) * opts.batch_size].numpy()]
@@ -283,7 +293,10 @@ class Trainer:
             img = model.encode_images(*self._images(images))
             txt = model.encode_texts(store.batch(self.store_row[idx], device=self.device))
             emb = model.embedding_grid(img, txt)[inv]  # [B, B] float32; rows: image of pair i
-            loss = opts.emb_weight * ranking_loss_grid(emb.float(), same, opts.margin, opts.negatives)
+            if opts.freeze_embedding:
+                loss = torch.zeros((), device=emb.device)
+            else:
+                loss = opts.emb_weight * ranking_loss_grid(emb, same, opts.margin, opts.negatives)
             n_pairs, m2m = 0, torch.zeros(())
             if self.cfg.many_to_many:
                 m2m, n_pairs = self._matcher_loss(model, img, txt, inv, same, emb.detach())
@@ -294,6 +307,29 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
         optimizer.step()
         return float(loss.detach()), float(m2m.detach()), n_pairs or len(idx) * len(idx)
+
+    def _warm_start(self, model, directory: str) -> None:
+        """Copy the one-to-one head (and the text encoder) of a trained model into ``model``."""
+        from smcli.images.features import check_signature
+        from smcli.models.factory import load_model
+
+        source = load_model(directory, self.device)
+        if source.config.text_encoder != self.cfg.text_encoder:
+            raise UsageError(f"--init {directory}: its text encoder is {source.config.text_encoder}, "
+                             f"not {self.cfg.text_encoder}")
+        check_signature(source.info.features, self.data.features_meta, f"--init {directory}")
+        if self.cfg.text_encoder == "bilstm" and source.info.vocab_hash != self.data.vocab.hash:
+            raise UsageError(f"--init {directory}: trained with another vocabulary")
+        own = model.state_dict()
+        copied = {k: v for k, v in source.model.state_dict().items()
+                  if k.startswith(("embedding.", "text_encoder.")) and k in own and own[k].shape == v.shape}
+        if not any(k.startswith("embedding.") for k in copied):
+            raise UsageError(f"--init {directory}: no one-to-one embedding head of the same size "
+                             f"(emb_dim {source.config.emb_dim} vs {self.cfg.emb_dim})")
+        model.load_state_dict(copied, strict=False)
+        self.log(f"embedding head{' and text encoder' if self.cfg.text_encoder == 'bilstm' else ''} "
+                 f"from {directory} ({source.config.variant}, val rsum "
+                 f"{source.info.extra.get('best', {}).get('rsum', float('nan')):.1f})")
 
     def _matcher_loss(self, model, img, txt, inv, same, emb):
         opts = self.opts
