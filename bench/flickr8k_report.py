@@ -79,12 +79,14 @@ def collect(work: Path, variant: str) -> dict | None:
         "best_epoch": cfg["best"]["epoch"],
         "epochs_run": len(rows),
         "val_rsum": round(cfg["best"]["rsum"], 2),
+        "seconds_per_epoch": round(sum(r.get("train_seconds", 0) for r in rows) / max(1, len(rows)), 1),
+        "pairs_per_second": round(sum(r.get("pairs_per_second", 0) for r in rows) / max(1, len(rows))),
         "train": _time(work, f"train-{variant}"),
         "train_command": _cmd(work, f"train-{variant}"),
         "model": {k: cfg["model"][k] for k in ("inst_dim", "att_dim", "hidden_dim", "emb_dim", "steps",
                                                 "local_skip", "fuse_global", "dropout", "emb_dropout")
                   if k in cfg["model"]},
-        "run_at": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "run_at": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "commit": commit(),
         "machine": machine(),
     }
@@ -132,6 +134,14 @@ def render(results: dict) -> str:
     for name, i2t, t2i, rsum in (DESIGN_BASELINE, *PUBLISHED):
         lines.append(f"| {name} | | {i2t[0]} | {i2t[1]} | {i2t[2]} | {t2i[0]} | {t2i[1]} | {t2i[2]} | "
                      f"{rsum} | | | |")
+    lines += ["", "Training speed on the 30,000 train captions (mean over the epochs run; pairs = image-caption",
+              "pairs scored by the matcher, or by the embedding for vse):", "",
+              "| model | s/epoch | pairs/s | epochs run | best epoch |", "|---|---|---|---|---|"]
+    for v in ORDER:
+        e = results.get("variants", {}).get(v)
+        if e and v != "cca":
+            lines.append(f"| {v} | {e['seconds_per_epoch']} | {e['pairs_per_second']:,} | {e['epochs_run']} | "
+                         f"{e['best_epoch']} |")
     lines += ["", "`train` is the wall time of the whole `smcli train` run (including its per-epoch val",
               "evaluations), with the best epoch and the epochs run; `eval` is the time spent scoring",
               "and ranking the 1,000 x 5,000 test pairs (per-caption text states may come from the cache).",

@@ -57,7 +57,7 @@ class RunReport:
     def write_errors(self) -> None:
         if self.errors_path is None:
             return
-        from smcli.stage import AtomicFile, new_meta, OutputTarget, write_table
+        from smcli.stage import AtomicFile, OutputTarget, new_meta, write_table
 
         cols = {
             "source": [r.source for r in self.rejects],

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-
 from conftest import EXAMPLES, REPO, assert_one_line_error, run_smcli
 
 

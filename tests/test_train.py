@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, SMALL_MODEL_ARGS, assert_one_line_error, child_env, run_smcli
+
 from smcli.models import ModelConfig, create_model
 from smcli.training.checkpoint import load_state
 from smcli.training.data import load_matching_data

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -13,20 +12,20 @@ from smcli.cli.app import ERRORS_HELP, OUTPUT_HELP, STRICT_HELP, app
 @app.command("tokenize")
 def tokenize_cmd(
     input: str = typer.Argument(..., help="Caption file, or '-' for stdin."),
-    output: Optional[str] = typer.Option(None, "-o", "--output", help=OUTPUT_HELP),
+    output: str | None = typer.Option(None, "-o", "--output", help=OUTPUT_HELP),
     fmt: str = typer.Option(
         "auto", "--format",
         help="auto | flickr | coco | karpathy | csv | txt | parquet (auto detects from content).",
     ),
-    splits: Optional[str] = typer.Option(
+    splits: str | None = typer.Option(
         None, "--splits", help="CSV with columns image,split (overrides splits in the input)."
     ),
-    vocab: Optional[str] = typer.Option(None, "--vocab", help="Reuse this vocabulary file."),
-    vocab_out: Optional[str] = typer.Option(None, "--vocab-out", help="Also write the vocabulary here."),
+    vocab: str | None = typer.Option(None, "--vocab", help="Reuse this vocabulary file."),
+    vocab_out: str | None = typer.Option(None, "--vocab-out", help="Also write the vocabulary here."),
     min_count: int = typer.Option(1, "--min-count", min=1, help="Words seen fewer times in train map to <unk>."),
-    image_column: Optional[str] = typer.Option(None, "--image-column", help="CSV/Parquet image column name."),
-    caption_column: Optional[str] = typer.Option(None, "--caption-column", help="CSV/Parquet caption column name."),
-    errors: Optional[Path] = typer.Option(None, "--errors", help=ERRORS_HELP),
+    image_column: str | None = typer.Option(None, "--image-column", help="CSV/Parquet image column name."),
+    caption_column: str | None = typer.Option(None, "--caption-column", help="CSV/Parquet caption column name."),
+    errors: Path | None = typer.Option(None, "--errors", help=ERRORS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
 ) -> None:
     """Tokenize captions: writes one row per caption (caption_id, image_id, caption, tokens,

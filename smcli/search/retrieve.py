@@ -38,7 +38,7 @@ def _rank(session: MatchSession, query_emb: np.ndarray, cand_emb: np.ndarray,
           score_fn, top_k: int, shortlist: int | None) -> Ranking:
     """Generic ranking: queries [Q, d] against candidates [N, d]; score_fn(q_rows, c_rows)
     returns many-to-many scores of aligned (query, candidate) pairs."""
-    n_q, n_c = len(query_emb), len(cand_emb)
+    n_q = len(query_emb)
     if not session.many_to_many or shortlist is not None and shortlist <= 0:
         emb_scores = query_emb @ cand_emb.T
         order, vals = _top(emb_scores, top_k)
