@@ -174,3 +174,26 @@ def test_bilstm_with_glove_trains(example_pipeline, tmp_path):
     assert rc == 0, err
     assert "GloVe vectors for" in err
     assert np.isfinite(metrics(tmp_path / "b")[0]["loss"])
+
+
+def test_reranker_on_a_frozen_embedding_head(example_pipeline, tmp_path):
+    from safetensors.torch import load_file
+
+    common = ["--regions", example_pipeline["feats"], "--captions", example_pipeline["captions"],
+              "--batch-size", "16", *SMALL_MODEL_ARGS]
+    rc, _, err = run_smcli("train", "--variant", "vse", "-o", tmp_path / "vse", "--epochs", "2", *common,
+                           cwd=REPO, timeout=300)
+    assert rc == 0, err
+    rc, _, err = run_smcli("train", "-o", tmp_path / "rr", "--epochs", "2", "--init", tmp_path / "vse",
+                           "--freeze-embedding", "--fuse-global", "--local-skip", *common, cwd=REPO, timeout=300)
+    assert rc == 0, err
+    assert "embedding head from" in err
+    vse = load_file(tmp_path / "vse" / "model.safetensors")
+    rr = load_file(tmp_path / "rr" / "model.safetensors")
+    head = [k for k in vse if k.startswith("embedding.")]
+    assert head and all(np.array_equal(vse[k].numpy(), rr[k].numpy()) for k in head)
+    assert any(k.startswith("lstm.") for k in rr)
+    # a head of another size is refused in one line
+    rc, _, err = run_smcli("train", "-o", tmp_path / "bad", "--init", tmp_path / "vse", "--epochs", "1",
+                           *common, "--emb-dim", "32", cwd=REPO)
+    assert_one_line_error(rc, err, "--init")
