@@ -14,9 +14,12 @@ smcli extract-regions examples/images -o "$OUT/feats.parquet"
 echo "== 2. captions -> tokens, vocabulary from the train split"
 smcli tokenize examples/captions.txt --splits examples/splits.csv -o "$OUT/captions.parquet"
 
-echo "== 3. train the sm-LSTM on 16 train images, choose the epoch on 8 val images"
+echo "== 3. train on the 16 train images, choosing each epoch on the 8 val images:"
+echo "   first the one-to-one embedding (vse), then the sm-LSTM as a re-ranker on top of it"
+smcli train --variant vse --regions "$OUT/feats.parquet" --captions "$OUT/captions.parquet" \
+    -o "$OUT/model-vse" --epochs 10 --batch-size 16 --lr 1e-3 --overwrite
 smcli train --regions "$OUT/feats.parquet" --captions "$OUT/captions.parquet" -o "$OUT/model" \
-    --epochs 10 --batch-size 16 --lr 1e-3 --overwrite
+    --init "$OUT/model-vse" --freeze-embedding --epochs 8 --batch-size 16 --lr 1e-3 --overwrite
 
 # defaults for later commands (kept if you have an smcli.toml of your own)
 MARK="written by examples/demo.sh"

@@ -39,22 +39,22 @@ def train_cmd(
         4, "--mine", min=0,
         help="Negatives per positive that the embedding mines for the matcher (0: whole batch).",
     ),
-    inst_dim: int = typer.Option(512, "--inst-dim", min=1, help="Regions and words are projected to this."),
-    att_dim: int = typer.Option(256, "--att-dim", min=1, help="Hidden size of the saliency MLPs."),
-    hidden_dim: int = typer.Option(512, "--hidden-dim", min=1, help="Multimodal LSTM state size."),
+    inst_dim: int = typer.Option(256, "--inst-dim", min=1, help="Regions and words are projected to this."),
+    att_dim: int = typer.Option(128, "--att-dim", min=1, help="Hidden size of the saliency MLPs."),
+    hidden_dim: int = typer.Option(256, "--hidden-dim", min=1, help="Multimodal LSTM state size."),
     emb_dim: int = typer.Option(1024, "--emb-dim", min=1, help="One-to-one embedding size."),
     score_head: str = typer.Option("mlp", "--score-head", help="mlp (on h_T) | sum (learned sum over h_1..h_T)."),
     local_skip: bool = typer.Option(
-        False, "--local-skip/--no-local-skip",
+        True, "--local-skip/--no-local-skip",
         help="Add the mean cosine of the selected pairs over the steps to the score (a skip path)."),
     fuse_global: bool = typer.Option(
-        False, "--fuse-global/--no-fuse-global",
+        True, "--fuse-global/--no-fuse-global",
         help="Add a learned multiple of the one-to-one cosine to the sm-LSTM score."),
     emb_weight: float = typer.Option(
         1.0, "--emb-weight", min=0.0, help="Weight of the one-to-one embedding loss beside the matcher's."),
-    dropout: float = typer.Option(0.1, "--dropout", min=0.0, max=0.9, help="Dropout on region and word projections."),
+    dropout: float = typer.Option(0.3, "--dropout", min=0.0, max=0.9, help="Dropout on region and word projections."),
     emb_dropout: float = typer.Option(
-        0.0, "--emb-dropout", min=0.0, max=0.9, help="Dropout in the one-to-one embedding head."),
+        0.2, "--emb-dropout", min=0.0, max=0.9, help="Dropout in the one-to-one embedding head."),
     weight_decay: float = typer.Option(0.0, "--weight-decay", min=0.0, help="AdamW weight decay."),
     init: str | None = typer.Option(
         None, "--init", help="Start the one-to-one head (and a bilstm text encoder) from this trained model."),

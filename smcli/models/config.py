@@ -23,20 +23,19 @@ class ModelConfig:
     word_dim: int = 300
     lstm_dim: int = 512  # [forward; backward], each half of this
     # sm-LSTM
-    inst_dim: int = 512  # regions and words projected to this
+    inst_dim: int = 256  # regions and words projected to this
     ctx_dim: int = 256  # each modality's context vector
-    att_dim: int = 256  # hidden size of the saliency MLPs
-    sim_dim: int = 512  # local similarity vector x_t
-    hidden_dim: int = 512  # multimodal LSTM state
+    att_dim: int = 128  # hidden size of the saliency MLPs
+    sim_dim: int = 256  # local similarity vector x_t
+    hidden_dim: int = 256  # multimodal LSTM state
     steps: int = 3  # T
     score_head: str = "mlp"  # "mlp" on h_T, or "sum": a learned sum over h_1..h_T
-    local_scale: bool = False  # x_t times sim_dim, so the LSTM input is O(1), not O(1/d)
-    local_skip: bool = False  # add the mean local cosine over steps to the score (a skip path)
-    fuse_global: bool = False  # add a learned multiple of the one-to-one cosine to the score
-    dropout: float = 0.1  # on the region and word features entering the matcher
+    local_skip: bool = True  # add the mean local cosine over steps to the score (a skip path)
+    fuse_global: bool = True  # add a learned multiple of the one-to-one cosine to the score
+    dropout: float = 0.3  # on the region and word features entering the matcher
     # one-to-one embedding head (the vse variant, shortlisting, negative mining)
     emb_dim: int = 1024
-    emb_dropout: float = 0.0
+    emb_dropout: float = 0.2
     # cca
     cca_dim: int = 256
     cca_reg: float = 1e-3

@@ -232,8 +232,6 @@ class SmLSTM(Matcher):
             x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
             if self.cfg.local_skip:
                 cosines.append(x.float().sum(-1))
-            if self.cfg.local_scale:
-                x = x * x.shape[-1]
             h2, c2 = self.lstm(x.reshape(-1, x.shape[-1]),
                                (h.reshape(-1, h.shape[-1]), c.reshape(-1, c.shape[-1])))
             h, c = h2.reshape(h.shape), c2.reshape(c.shape)
