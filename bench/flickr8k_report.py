@@ -102,6 +102,10 @@ def collect(work: Path, variant: str) -> dict | None:
     return entry
 
 
+def _secs(s: float) -> str:
+    return f"{s:.0f} s" if s >= 10 else f"{s:.2f} s"
+
+
 def render(results: dict) -> str:
     lines = [BEGIN, "", "## Flickr8k (the paper's protocol)", ""]
     lines += [
@@ -130,10 +134,18 @@ def render(results: dict) -> str:
                 f"| {v} | {label} | {r['i2t_r1']:.1f} | {r['i2t_r5']:.1f} | {r['i2t_r10']:.1f} | "
                 f"{r['t2i_r1']:.1f} | {r['t2i_r5']:.1f} | {r['t2i_r10']:.1f} | **{r['rsum']:.1f}** | "
                 f"{e['val_rsum']:.1f} | {train.get('seconds', 0) / 60:.1f} min, epoch {e['best_epoch']}"
-                f"/{e['epochs_run']} | {r['seconds']:.0f} s |")
+                f"/{e['epochs_run']} | {_secs(r['seconds'])} |")
     for name, i2t, t2i, rsum in (DESIGN_BASELINE, *PUBLISHED):
         lines.append(f"| {name} | | {i2t[0]} | {i2t[1]} | {i2t[2]} | {t2i[0]} | {t2i[1]} | {t2i[2]} | "
                      f"{rsum} | | | |")
+    pipeline = results.get("pipeline", {})
+    if pipeline:
+        lines += ["", "Shared steps (run once; every variant reuses their output):", ""]
+        for step, what in (("extract", "8,091 images -> region grids"), ("tokenize", "40,460 captions")):
+            r = pipeline.get(step)
+            if r:
+                lines.append(f"- {step} ({what}): `{r['command']}` — {r['seconds']:.0f} s, "
+                             f"peak RSS {r['peak_rss_mb']:,.0f} MB")
     lines += ["", "Training speed on the 30,000 train captions (mean over the epochs run; pairs = image-caption",
               "pairs scored by the matcher, or by the embedding for vse):", "",
               "| model | s/epoch | pairs/s | epochs run | best epoch |", "|---|---|---|---|---|"]
@@ -175,6 +187,12 @@ def main() -> None:
         entry = collect(args.work, v)
         if entry is not None:
             results["variants"][v] = entry
+    for step in ("extract", "tokenize"):
+        run = _time(args.work, step)
+        if run is not None:  # a step that reused earlier output keeps its earlier figures
+            run.update(command=_cmd(args.work, step), commit=commit(), machine=machine(),
+                       run_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
+            results.setdefault("pipeline", {})[step] = run
     results["protocol"] = ("Flickr8k: train 6,000 images / val 1,000 (model selection) / test 1,000 "
                            "(5,000 captions); R@K in percent; rsum = sum of the six")
     RESULTS.parent.mkdir(exist_ok=True)
