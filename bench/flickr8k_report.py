@@ -106,6 +106,49 @@ def _secs(s: float) -> str:
     return f"{s:.0f} s" if s >= 10 else f"{s:.2f} s"
 
 
+def collect_seeds(work: Path, variants: list[str]) -> dict:
+    """Test (two-stage) and val rsum per variant and seed: seed 0 from WORK, others from WORK-seedN."""
+    spread: dict = {}
+    dirs = [(0, work)] + sorted((int(d.name.rsplit("-seed", 1)[1]), d)
+                                for d in work.parent.glob(f"{work.name}-seed*")
+                                if d.name.rsplit("-seed", 1)[1].isdigit())
+    for v in variants:
+        for seed, d in dirs:
+            cfg, ev = d / f"model-{v}" / "config.json", d / f"eval-{v}-two-stage.json"
+            if cfg.exists() and ev.exists():
+                r = json.loads(ev.read_text())
+                spread.setdefault(v, {})[str(seed)] = {
+                    "val_rsum": round(json.loads(cfg.read_text())["best"]["rsum"], 2),
+                    "test_rsum": round(r["rsum"], 2),
+                    "test": {k: r[k] for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")},
+                }
+    return spread
+
+
+def _spread_lines(results: dict) -> list[str]:
+    spread = results.get("seeds") or {}
+    if not spread:
+        return []
+    seeds = sorted({int(k) for runs in spread.values() for k in runs})
+    vse = results.get("variants", {}).get("vse", {}).get("exhaustive", {}).get("rsum")
+    lines = ["", "How much the seed moves it (`bash bench/flickr8k_seeds.sh`: the many-to-many variants",
+             "retrained with other seeds on the same seed-0 vse head, each evaluated two-stage on test;",
+             f"vse alone: {vse:.1f} test)." if vse else "", "",
+             "| model | " + " | ".join(f"seed {k} val / test" for k in seeds) + " | test mean ± sd |",
+             "|---|" + "---|" * (len(seeds) + 1)]
+    for v in ORDER:
+        runs = spread.get(v)
+        if not runs:
+            continue
+        cells = [f"{runs[str(k)]['val_rsum']:.1f} / {runs[str(k)]['test_rsum']:.1f}" if str(k) in runs else ""
+                 for k in seeds]
+        tests = [r["test_rsum"] for r in runs.values()]
+        mean = sum(tests) / len(tests)
+        sd = (sum((t - mean) ** 2 for t in tests) / (len(tests) - 1)) ** 0.5 if len(tests) > 1 else 0.0
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {mean:.1f} ± {sd:.1f} |")
+    return lines
+
+
 def render(results: dict) -> str:
     lines = [BEGIN, "", "## Flickr8k (the paper's protocol)", ""]
     lines += [
@@ -138,6 +181,7 @@ def render(results: dict) -> str:
     for name, i2t, t2i, rsum in (DESIGN_BASELINE, *PUBLISHED):
         lines.append(f"| {name} | | {i2t[0]} | {i2t[1]} | {i2t[2]} | {t2i[0]} | {t2i[1]} | {t2i[2]} | "
                      f"{rsum} | | | |")
+    lines += _spread_lines(results)
     pipeline = results.get("pipeline", {})
     if pipeline:
         lines += ["", "Shared steps (run once; every variant reuses their output):", ""]
@@ -181,13 +225,18 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--data", default="")
     ap.add_argument("--variants", nargs="*", default=list(ORDER))
+    ap.add_argument("--seeds-only", action="store_true",
+                    help="only (re)collect the seed spread from WORK and WORK-seedN (bench/flickr8k_seeds.sh)")
     args = ap.parse_args()
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {"variants": {}}
     for v in args.variants:
         entry = collect(args.work, v)
         if entry is not None:
             results["variants"][v] = entry
-    for step in ("extract", "tokenize"):
+    spread = collect_seeds(args.work, [v for v in ORDER if v not in ("cca", "vse")])
+    if spread:
+        results["seeds"] = spread
+    for step in ("extract", "tokenize") if not args.seeds_only else ():
         run = _time(args.work, step)
         if run is not None:  # a step that reused earlier output keeps its earlier figures
             run.update(command=_cmd(args.work, step), commit=commit(), machine=machine(),
