@@ -5,7 +5,7 @@
 # spread to results/flickr8k.json and BENCHMARKS.md. Run bench/flickr8k.sh first.
 #
 # Usage: bash bench/flickr8k_seeds.sh [DATA]     SEEDS (default "1 2"), VARIANT (default
-#        "mean no-context smlstm"); about 22 minutes per seed for the three variants here.
+#        "mean no-context smlstm"); about 25 minutes per seed for the three variants here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA="${1:-${DATA:-../shared/data/flickr8k}}"
