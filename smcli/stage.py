@@ -352,7 +352,11 @@ class StageWriter:
             sink: Any = self._atomic.handle
         else:
             sink = self._stdout = _StdoutSink(sys.stdout.buffer)
-        self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd")
+        # Dictionary encoding and min/max statistics only for scalar columns: on float vector
+        # columns (region grids, embeddings) they cost half the write time and grow the file.
+        scalar = [f.name for f in self.schema if not pa.types.is_nested(f.type)]
+        self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd", use_dictionary=scalar,
+                                        write_statistics=scalar)
 
     def write(self, data: pa.RecordBatch | pa.Table | Mapping[str, Any]) -> None:
         """Add rows: a record batch, a table or a mapping of column name to values."""
