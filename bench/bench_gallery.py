@@ -48,6 +48,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine_info import cpu_model
 
 REPO = Path(__file__).resolve().parent.parent
 GB = 1e9
@@ -112,16 +113,6 @@ def peak_rss_mb() -> float:
 
 def rss_mb() -> dict[str, float]:
     return {k: v / 1024 for k, v in status_kb("VmRSS", "RssAnon", "RssFile").items()}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def mem_total_gb() -> float:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -20,21 +19,14 @@ import sys
 import time
 from pathlib import Path
 
+from machine_info import cpu_model, load_average
+
 REPO = Path(__file__).resolve().parent.parent
 HEAVY = ("torch", "torchvision", "timm", "transformers", "faiss")
 
 
 def machine() -> str:
-    model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
-    return f"nproc {os.cpu_count()}, CPU {model}, load average (1/5/15 min) {load}"
+    return f"nproc {os.cpu_count()}, CPU {cpu_model()}, load average (1/5/15 min) {load_average()}"
 
 
 def smcli_cmd() -> list[str]:

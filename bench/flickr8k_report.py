@@ -17,6 +17,8 @@ import platform
 import subprocess
 from pathlib import Path
 
+from machine_info import cpu_model
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "results" / "flickr8k.json"
 BENCHMARKS = REPO / "BENCHMARKS.md"
@@ -46,15 +48,7 @@ def _cmd(work: Path, name: str) -> str | None:
 
 
 def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu}), no GPU"
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} cores ({cpu_model()}), no GPU"
 
 
 def commit() -> str:
