@@ -7,11 +7,14 @@ images/s, and streaming memory.
 
 throughput: for each image size, the same N images are run alternately (--rounds times)
   (a) forward only: images decoded beforehand into memory, only the network runs, batch
-      by batch (uint8 -> normalise -> network -> float16 on the host), and
-  (b) end to end: the real pipeline (listing, decoding in worker processes, network,
+      by batch (uint8 -> normalise -> network -> float16 on the host), two ways:
+      (a1) one process with a torch thread per core, and
+      (a2) one single-threaded process per worker, each on its share of the batches (how
+           extract-regions runs the network on the CPU);
+  (b) end to end: the real pipeline (listing, decoding and network in worker processes,
       Parquet + resume journal writing) into a temporary file,
-  so that other load on the machine hits both alike; the load average is printed with the
-  figures. Reports the median of each, and end-to-end / forward-only.
+  so that other load on the machine hits all alike; the load average is printed with the
+  figures. Reports the median of each, and end-to-end / the faster forward-only.
 memory: runs the CLI on all images of DIR under /usr/bin/time -v, samples the RSS of the
   process tree every 0.5 s, and reports wall time, peak RSS, RSS at 10% / 50% / 90% of
   the run (flat means streaming), and bytes per image on disk.
@@ -41,75 +44,111 @@ def load_avg() -> str:
 
 
 def throughput(args) -> None:
-    import torch
-
-    from smcli.images.extract import default_workers
-    from smcli.images.sources import ImageItem
+    from smcli.images.extract import cpu_cores, default_workers
 
     paths = sorted(Path(args.images).glob("*.jpg"))[: args.n]
     if len(paths) < args.n:
         sys.exit(f"only {len(paths)} images in {args.images}")
-    items = [ImageItem(str(p), p.name) for p in paths]
-    workers = default_workers() if args.workers is None else args.workers
-    torch.set_num_threads(args.threads or len(os.sched_getaffinity(0)))
+    workers = default_workers("cpu") if args.workers is None else args.workers
+    threads = args.threads or cpu_cores()
     print(f"# extract-regions throughput: {len(paths)} images from {args.images}, backbone "
-          f"{args.backbone}, batch {args.batch_size or 'auto'}, {workers} decoding worker(s), "
-          f"{torch.get_num_threads()} torch threads, {os.cpu_count()} CPUs")
+          f"{args.backbone}, batch {args.batch_size or 'auto'}, {workers} worker process(es); "
+          f"forward-only (a1) with {threads} torch threads; {os.cpu_count()} CPUs; each "
+          "measurement in a fresh process")
     print(f"# load average before: {load_avg()}")
-    rows = []
-    for size in args.sizes:
-        rows.append(_one_size(args, size, paths, items, workers))
+    with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
+        listing = Path(tmp) / "images.txt"
+        listing.write_text("".join(f"{p}\n" for p in paths))
+        rows = [_one_size(args, size, listing, Path(tmp), workers, threads) for size in args.sizes]
     print()
-    print("| image size | batch | grid | forward-only images/s | end-to-end images/s "
-          "| end-to-end / forward |")
+    print(f"| image size | batch | forward-only, 1 process x {threads} threads "
+          f"| forward-only, {workers} processes x 1 thread | end-to-end images/s "
+          "| end-to-end / faster forward-only |")
     print("|---|---|---|---|---|---|")
-    for size, batch, grid, f, e, ratio in rows:
-        print(f"| {size} | {batch} | {grid} | {f:.1f} | {e:.1f} | {ratio:.0%} |")
+    for size, batch, f1, f2, e, ratio in rows:
+        print(f"| {size} | {batch} | {f1:.1f} | {f2:.1f} | {e:.1f} | {ratio:.0%} |")
     print(f"\nload average after: {load_avg()}")
 
 
-def _one_size(args, size: int, paths, items, workers: int):
+def _one_size(args, size: int, listing: Path, tmp: Path, workers: int, threads: int):
+    batch = args.batch_size or default_batch(size)
+    common = ["--images", str(listing), "--size", str(size), "--batch", str(batch),
+              "--backbone", args.backbone]
+
+    def forward(procs: int) -> float:
+        cmd = [sys.executable, __file__, "_forward", *common, "--procs", str(procs),
+               "--threads", str(threads if procs == 1 else 1)]
+        return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split()[-1])
+
+    def end_to_end() -> float:
+        out = tmp / f"feats-{size}.parquet"
+        cmd = [sys.executable, "-m", "smcli", "extract-regions", f"@{listing}", "-o", str(out),
+               "--image-size", str(size), "--batch-size", str(batch), "--workers", str(workers),
+               "--backbone", args.backbone]
+        err = subprocess.run(cmd, check=True, capture_output=True, text=True).stderr
+        out.unlink()
+        # the CLI's own rate: from after the model is loaded to the closed output file
+        return float(re.search(r"\(([\d.]+) images/s\)", err).group(1))
+
+    fwd, fwd_p, e2e = [], [], []
+    for _ in range(args.rounds):
+        fwd.append(forward(1))
+        fwd_p.append(forward(workers))
+        e2e.append(end_to_end())
+    f1, f2, e = statistics.median(fwd), statistics.median(fwd_p), statistics.median(e2e)
+    print(f"# size {size}, batch {batch}: forward-only {fwd} (1 process), {fwd_p} ({workers} "
+          f"processes), end-to-end {e2e} images/s; load average {load_avg()}", flush=True)
+    return (size, batch, f1, f2, e, e / max(f1, f2))
+
+
+def _forward(args) -> None:
+    """Forward-only images/s of the network alone, on images decoded beforehand: one process
+    with ``--threads`` threads, or ``--procs`` forked single-threaded processes, each timing
+    every procs-th batch after a warm-up batch and a common start (the slowest one counts)."""
+    import multiprocessing as mp
+
     import numpy as np
     import torch
 
     from smcli.images.backbones import load_backbone
     from smcli.images.decode import load_image
-    from smcli.images.extract import ExtractOptions, run_extract
-    from smcli.report import RunReport
-    from smcli.stage import OutputTarget
+    from smcli.images.extract import tune_malloc
 
-    batch = args.batch_size or default_batch(size)
-    bb = load_backbone(args.backbone, size, "default", "cpu")
-    decoded = torch.from_numpy(np.stack([load_image(str(p), size)[0] for p in paths]))
-    bb(decoded[:batch])  # warm-up
+    tune_malloc()  # as extract-regions does
+    paths = Path(args.images).read_text().split()
+    bb = load_backbone(args.backbone, args.size, "default", "cpu")
+    decoded = torch.from_numpy(np.stack([load_image(p, args.size)[0] for p in paths]))
+    starts = list(range(0, len(decoded), args.batch))
 
-    def forward_only() -> float:
+    def run(mine: list[int]) -> float:
         t0 = time.perf_counter()
-        for i in range(0, len(decoded), batch):
-            r, g = bb(decoded[i:i + batch])
+        for i in mine:
+            r, g = bb(decoded[i:i + args.batch])
             r.numpy().astype(np.float16)
             g.numpy().astype(np.float16)
-        return len(decoded) / (time.perf_counter() - t0)
+        return time.perf_counter() - t0
 
-    def end_to_end() -> float:
-        with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
-            out = Path(tmp) / "feats.parquet"
-            opts = ExtractOptions(backbone=args.backbone, image_size=size, batch_size=batch,
-                                  workers=workers, threads=args.threads, progress=False)
-            t0 = time.perf_counter()
-            counts = run_extract(items, OutputTarget(out), opts, RunReport("bench"), backbone=bb)
-            dt = time.perf_counter() - t0
-            assert counts["written"] == len(items)
-            return len(items) / dt
+    if args.procs == 1:
+        torch.set_num_threads(args.threads)
+        bb(decoded[:args.batch])  # warm-up
+        print(f"{len(decoded) / run(starts):.1f}")
+        return
+    ctx = mp.get_context("fork")  # the parent never ran the network: no OpenMP pool to inherit
+    barrier, results = ctx.Barrier(args.procs), ctx.Queue()
 
-    fwd, e2e = [], []
-    for _ in range(args.rounds):
-        fwd.append(forward_only())
-        e2e.append(end_to_end())
-    f, e = statistics.median(fwd), statistics.median(e2e)
-    print(f"# size {size}, batch {batch}: forward-only {[round(x, 1) for x in fwd]}, end-to-end "
-          f"{[round(x, 1) for x in e2e]} images/s; load average {load_avg()}", flush=True)
-    return (size, batch, f"{bb.grid[0]}x{bb.grid[1]}", f, e, e / f)
+    def child(k: int) -> None:
+        torch.set_num_threads(1)
+        bb(decoded[:args.batch])  # warm-up
+        barrier.wait()
+        results.put(run(starts[k::args.procs]))
+
+    procs = [ctx.Process(target=child, args=(k,)) for k in range(args.procs)]
+    for p in procs:
+        p.start()
+    times = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    print(f"{len(decoded) / max(times):.1f}")
 
 
 def default_batch(size: int) -> int:
@@ -118,8 +157,9 @@ def default_batch(size: int) -> int:
     return default_batch_size(size)
 
 
-def _tree_rss_kb(pid: int) -> int:
-    """RSS of a process and its children (decoding workers), in kB."""
+def _tree_pss_kb(pid: int) -> int:
+    """Memory of a process and its children (the workers), in kB: the sum of their PSS
+    (proportional set size), so pages they share after fork (torch, the model) count once."""
     total = 0
     pids = [pid]
     try:
@@ -129,8 +169,8 @@ def _tree_rss_kb(pid: int) -> int:
         pass
     for p in pids:
         try:
-            with open(f"/proc/{p}/status") as fh:
-                m = re.search(r"VmRSS:\s+(\d+)", fh.read())
+            with open(f"/proc/{p}/smaps_rollup") as fh:
+                m = re.search(r"^Pss:\s+(\d+)", fh.read(), re.M)
                 total += int(m.group(1)) if m else 0
         except OSError:
             pass
@@ -161,7 +201,7 @@ def memory(args) -> None:
                                       text=True).stdout.split()
                 child = int(kids[0]) if kids else None
             if child is not None:
-                samples.append((time.perf_counter() - t0, _tree_rss_kb(child)))
+                samples.append((time.perf_counter() - t0, _tree_pss_kb(child)))
             time.sleep(0.5)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -182,7 +222,8 @@ def memory(args) -> None:
         for frac in (0.1, 0.5, 0.9):
             near = min(samples, key=lambda s: abs(s[0] - frac * total))
             at[frac] = near[1]
-        print(f"RSS of the process tree (main + workers) at 10% / 50% / 90% of the run: "
+        print("memory of the process tree (main + workers, summed PSS: shared pages once) at "
+              f"10% / 50% / 90% of the run: "
               f"{at[0.1] / 1024:.0f} / {at[0.5] / 1024:.0f} / {at[0.9] / 1024:.0f} MiB; "
               f"max {max(s[1] for s in samples) / 1024:.0f} MiB")
     print(f"output {size / 1e6:.1f} MB = {size / n / 1024:.1f} KiB per image ({out})")
@@ -192,7 +233,7 @@ def memory(args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("mode", nargs="?", default="all", choices=["all", "throughput", "memory"],
+    ap.add_argument("mode", nargs="?", default="all", choices=["all", "throughput", "memory", "_forward"],
                     help="all (default): throughput, then memory")
     ap.add_argument("--images", default=str(DEFAULT_IMAGES))
     ap.add_argument("--n", type=int, default=1000)
@@ -204,7 +245,13 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tmp", default=None, help="where temporary outputs go")
     ap.add_argument("--out", default=None, help="memory: keep the output here")
+    ap.add_argument("--size", type=int, help=argparse.SUPPRESS)  # _forward
+    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--procs", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.mode == "_forward":
+        _forward(args)
+        return
     if not Path(args.images).is_dir():
         print(f"skipped: no images at {args.images} (the shared Flickr8k copy; give --images DIR)")
         return

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from PIL import Image
 from test_extract_decode import make_bad_images
 
@@ -263,6 +264,27 @@ def test_same_features_from_file_directory_list_table_and_stdin(tmp_path):
             assert np.array_equal(a, b), key
     c = counts_line(run_here("extract-regions", table, "--root", d, "-o", outs["csv"], *FAST)[2])
     assert c["listed"] == 6 and c["duplicates"] == 3 and c["written"] == 3
+
+
+@pytest.mark.parametrize("size", [64, 640])  # 640: workers run each batch of 4 as 2 chunks of 2
+def test_features_do_not_depend_on_workers_or_cores(tmp_path, size):
+    """The network runs single-threaded in each worker: 1 or 3 workers, or everything in
+    this process on one thread, give the same bytes whatever the machine's core count."""
+    files = some_images(tmp_path / "imgs", 9)  # 3 batches of 4 (the last one a single image)
+    outs = {}
+    for label, extra in {"w1": ["--workers", "1"], "w3": ["--workers", "3"],
+                         "inline": ["--workers", "0", "--threads", "1"]}.items():
+        outs[label] = tmp_path / f"{label}.parquet"
+        rc, _, err = run_here("extract-regions", *map(str, files), "-o", outs[label], *FAST,
+                              "--image-size", str(size), *extra)
+        assert rc == 0, (label, err)
+    feats = {k: regions_by_id(v) for k, v in outs.items()}
+    assert "3 worker process(es) decoding and running the network" in run_here(
+        "extract-regions", *map(str, files), "-o", tmp_path / "x.parquet", *FAST, "--workers", "3")[2]
+    for key in ("w3", "inline"):
+        assert list(feats[key]) == list(feats["w1"])
+        for a, b in zip(feats["w1"].values(), feats[key].values(), strict=True):
+            assert np.array_equal(a, b), key
 
 
 def test_parquet_input_with_path_column(tmp_path):

@@ -93,7 +93,7 @@ def test_extract_images_matches_the_file_and_checks_the_signature(tmp_path):
     names = DOGS[:3]
     out = tmp_path / "f.parquet"
     items = [ImageItem(str(IMAGES / n), n) for n in names]
-    run_extract(items, OutputTarget(out), ExtractOptions(workers=0, batch_size=2), RunReport("t"))
+    run_extract(items, OutputTarget(out), ExtractOptions(batch_size=2), RunReport("t"))  # in workers
     feats = load_regions(out)
     sig = feature_signature(feats.meta)
     regions, glob = extract_images([IMAGES / n for n in names], signature=sig, dtype="float16")

@@ -36,9 +36,14 @@ def extract_regions_cmd(
         help="Images per forward pass (default: 32 at 224, scaled down for larger images: 8 at 448)."),
     workers: int | None = typer.Option(
         None, "--workers", min=0,
-        help="Decoding processes (0: decode inline). Default: half the CPU cores, 1 to 4.",
+        help="Worker processes. CPU: each decodes its batches and runs the network on one "
+             "thread (default: one per core, at most 8). CUDA: they decode (default: half the "
+             "cores, 1 to 4). 0: everything in this process.",
     ),
-    threads: int | None = typer.Option(None, "--threads", min=1, help="Torch threads (default: all cores)."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1,
+        help="Torch threads when the network runs in this process (--workers 0, CUDA). "
+             "Default: all cores."),
     dtype: str = typer.Option("float16", "--dtype", help="float16 (default, half the disk) or float32."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     root: str | None = typer.Option(
