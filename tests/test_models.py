@@ -170,3 +170,27 @@ def test_pair_lists_score_as_the_grid_whatever_their_grouping(n_img, n_txt):
         cc = torch.randint(0, n_txt, (300,), generator=gen)
         got = score_pair_list(model, img, txt, ii, cc, chunk=50)
     torch.testing.assert_close(got, grid[ii, cc], atol=1e-5, rtol=1e-5)
+
+
+def test_attention_scale_sharpens_the_saliency_and_is_learned():
+    """--att-scale multiplies the attention logits by a learned factor starting at that value:
+    a larger start gives a less uniform region attention, and the factor gets gradients."""
+    r, g = images()
+    batch = texts("minilm")
+    ii, cc = all_pairs(4, 3)
+
+    def entropy(scale: float) -> float:
+        model = make("smlstm", att_scale=scale)
+        with torch.no_grad():
+            _, maps = model.attention_maps(model.encode_images(r, g), model.encode_texts(batch), ii, cc)
+        p = maps.regions.clamp_min(1e-12)
+        return float(-(p * p.log()).sum(-1).mean())
+
+    plain, sharp = entropy(0.0), entropy(20.0)
+    assert entropy(1.0) == pytest.approx(plain, abs=1e-6)  # a factor of 1 is the plain model
+    assert sharp < plain - 0.05
+    model = make("smlstm", att_scale=5.0).train()
+    scores = model.score_pairs(model.encode_images(r, g), model.encode_texts(batch), ii, cc)
+    scores.sum().backward()
+    assert model.att_log_scale.grad is not None and model.att_log_scale.grad.abs() > 0
+    assert "att_log_scale" not in dict(make("smlstm").named_parameters())

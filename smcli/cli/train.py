@@ -42,6 +42,9 @@ def train_cmd(
     inst_dim: int = typer.Option(256, "--inst-dim", min=1, help="Regions and words are projected to this."),
     att_dim: int = typer.Option(128, "--att-dim", min=1, help="Hidden size of the saliency MLPs."),
     hidden_dim: int = typer.Option(256, "--hidden-dim", min=1, help="Multimodal LSTM state size."),
+    att_scale: float = typer.Option(
+        0.0, "--att-scale", min=0.0,
+        help="Learned multiplier of the attention logits, starting at this value (0: none)."),
     emb_dim: int = typer.Option(1024, "--emb-dim", min=1, help="One-to-one embedding size."),
     score_head: str = typer.Option("mlp", "--score-head", help="mlp (on h_T) | sum (learned sum over h_1..h_T)."),
     local_skip: bool = typer.Option(
@@ -97,7 +100,7 @@ def train_cmd(
     cfg = ModelConfig(variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, steps=steps,
                       inst_dim=inst_dim, sim_dim=inst_dim, att_dim=att_dim, hidden_dim=hidden_dim,
                       emb_dim=emb_dim, score_head=score_head, fuse_global=fuse_global, dropout=dropout,
-                      emb_dropout=emb_dropout,
+                      emb_dropout=emb_dropout, att_scale=att_scale,
                       local_skip=local_skip)
     opts = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay_epochs=lr_decay_epochs,
                         margin=margin, negatives=parse_negatives(negatives), mine=mine,

@@ -29,6 +29,7 @@ class ModelConfig:
     sim_dim: int = 256  # local similarity vector x_t
     hidden_dim: int = 256  # multimodal LSTM state
     steps: int = 3  # T
+    att_scale: float = 0.0  # > 0: a learned multiplier of the attention logits, starting here
     score_head: str = "mlp"  # "mlp" on h_T, or "sum": a learned sum over h_1..h_T
     local_skip: bool = True  # add the mean local cosine over steps to the score (a skip path)
     fuse_global: bool = True  # add a learned multiple of the one-to-one cosine to the score

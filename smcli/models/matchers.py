@@ -8,6 +8,7 @@ evaluation), never from a Python loop over pairs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -143,6 +144,8 @@ class SmLSTM(Matcher):
             self.U_s = nn.Linear(dh, da)
             self.w_a = nn.Linear(da, 1, bias=False)
             self.w_s = nn.Linear(da, 1, bias=False)
+            if cfg.att_scale > 0:  # lets the saliency sharpen (logits start near zero: uniform)
+                self.att_log_scale = nn.Parameter(torch.tensor(math.log(cfg.att_scale)))
         if attention == "context":
             # m = [tanh(G_img g_img); tanh(G_sen g_sen)]; D m = D_img m_img + D_sen m_sen
             self.ctx_img = nn.Linear(cfg.img_dim, dc)
@@ -224,8 +227,12 @@ class SmLSTM(Matcher):
                 qa, qs = self.U_a(h), self.U_s(h)
                 if ctx_a is not None:
                     qa, qs = qa + ctx_a, qs + ctx_s
-                p = torch.softmax(self._logits(self.w_a, img.keys, qa, grid, images=True), -1)
+                e_a = self._logits(self.w_a, img.keys, qa, grid, images=True)
                 e = self._logits(self.w_s, txt.keys, qs, grid, images=False)
+                if self.cfg.att_scale > 0:
+                    scale = self.att_log_scale.exp()
+                    e_a, e = e_a * scale, e * scale
+                p = torch.softmax(e_a, -1)
                 q = torch.softmax(e.masked_fill(~word_mask, float("-inf")), -1)
             a_sel = _weighted(p, img.values, grid, images=True)  # [*shape, sim_dim]
             s_sel = _weighted(q, txt.values, grid, images=False)
