@@ -98,7 +98,7 @@ def producer(backbone: Backbone, dtype: str) -> dict[str, Any]:
     }
 
 
-MAX_CPU_WORKERS = 8  # each holds its own activations: ~0.3 GB at batch 32 x 224
+MAX_CPU_WORKERS = 8  # each holds its own activations: ~0.3 GB for a chunk of 16 at 224
 
 
 def cpu_cores() -> int:
