@@ -287,6 +287,19 @@ def test_features_do_not_depend_on_workers_or_cores(tmp_path, size):
             assert np.array_equal(a, b), key
 
 
+def test_few_images_are_spread_over_the_workers(tmp_path):
+    """Fewer images than workers x the default batch: smaller batches, every worker busy."""
+    files = some_images(tmp_path / "imgs", 5)
+    out = tmp_path / "f.parquet"
+    rc, _, err = run_here("extract-regions", *map(str, files), "-o", out, "--weights", "none",
+                          "--image-size", "64", "--workers", "3")
+    assert rc == 0, err
+    assert "3 worker process(es) decoding and running the network" in err
+    assert read(out).num_rows == 5
+    rc, _, err = run_here("extract-regions", *map(str, files), "-o", out, *FAST, "--workers", "3")
+    assert rc == 0 and "2 worker process(es)" in err  # --batch-size 4 given: 2 batches, 2 workers
+
+
 def test_parquet_input_with_path_column(tmp_path):
     files = some_images(tmp_path / "imgs", 2)
     src = tmp_path / "paths.parquet"

@@ -24,9 +24,11 @@ removed when the output is complete. Images that failed are retried on resume.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import glob
 import json
+import math
 import os
 import shutil
 import sys
@@ -455,6 +457,7 @@ def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractO
     """Extract features for ``items`` into ``target``; returns the counts for the last line."""
     import torch
 
+    auto_batch = opts.batch_size is None
     _check_options(opts)
     if opts.resume and target.path is None:
         raise UsageError("--resume needs an output file (-o FILE); a stream cannot be resumed")
@@ -511,6 +514,9 @@ def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractO
             journal.start_segment(schema, meta_producer)
 
         todo = [it for it in items if it.path not in done] if done else list(items)
+        if auto_batch and on_cpu and workers > 1 and len(todo) < workers * opts.batch_size:
+            # a few images: smaller batches, so that every worker (core) gets some
+            opts = dataclasses.replace(opts, batch_size=max(2, math.ceil(len(todo) / workers)))
         counts = _extract_loop(todo, backbone, opts, workers, schema, np_dtype, writer, journal, report)
         writer.close()
     except BaseException as exc:
