@@ -271,16 +271,15 @@ def test_features_do_not_depend_on_workers_or_cores(tmp_path, size):
     """The network runs single-threaded in each worker: 1 or 3 workers, or everything in
     this process on one thread, give the same bytes whatever the machine's core count."""
     files = some_images(tmp_path / "imgs", 9)  # 3 batches of 4 (the last one a single image)
-    outs = {}
+    outs, errs = {}, {}
     for label, extra in {"w1": ["--workers", "1"], "w3": ["--workers", "3"],
                          "inline": ["--workers", "0", "--threads", "1"]}.items():
         outs[label] = tmp_path / f"{label}.parquet"
-        rc, _, err = run_here("extract-regions", *map(str, files), "-o", outs[label], *FAST,
-                              "--image-size", str(size), *extra)
-        assert rc == 0, (label, err)
+        rc, _, errs[label] = run_here("extract-regions", *map(str, files), "-o", outs[label], *FAST,
+                                      "--image-size", str(size), *extra)
+        assert rc == 0, (label, errs[label])
     feats = {k: regions_by_id(v) for k, v in outs.items()}
-    assert "3 worker process(es) decoding and running the network" in run_here(
-        "extract-regions", *map(str, files), "-o", tmp_path / "x.parquet", *FAST, "--workers", "3")[2]
+    assert "3 worker process(es) decoding and running the network" in errs["w3"]
     for key in ("w3", "inline"):
         assert list(feats[key]) == list(feats["w1"])
         for a, b in zip(feats["w1"].values(), feats[key].values(), strict=True):

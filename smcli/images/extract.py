@@ -203,12 +203,20 @@ class _CollateAndRun:
         torch.set_num_threads(1)
         dec = _collate(samples)
         if dec.images is not None:
-            parts = [self.backbone(dec.images[i:i + self.chunk])
-                     for i in range(0, len(dec.images), self.chunk)]
-            dec.features = tuple(torch.from_numpy(torch.cat(list(t)).numpy().astype(self.np_dtype))
-                                 for t in zip(*parts, strict=True))
+            regions, glob_ = _run_network(self.backbone, dec.images, self.np_dtype, self.chunk)
+            dec.features = (torch.from_numpy(regions), torch.from_numpy(glob_))
             dec.images = None  # not sent back
         return dec
+
+
+def _run_network(backbone: Backbone, images, np_dtype, chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """(regions, global) of a uint8 batch on the host in the output dtype, ``chunk`` images a pass."""
+    import torch
+
+    parts = [backbone(images[i:i + chunk]) for i in range(0, len(images), chunk)]
+    regions, glob_ = parts[0] if len(parts) == 1 else (torch.cat(t) for t in zip(*parts, strict=True))
+    return (regions.to("cpu").numpy().astype(np_dtype, copy=False),
+            glob_.to("cpu").numpy().astype(np_dtype, copy=False))
 
 
 def _batches(paths: Sequence[str], opts: ExtractOptions, workers: int, pin: bool,
@@ -560,9 +568,7 @@ def _extract_loop(todo: Sequence[ImageItem], backbone: Backbone, opts: ExtractOp
             if dec.features is not None:
                 regions, glob_ = dec.features[0].numpy(), dec.features[1].numpy()
             elif dec.images is not None:
-                regions, glob_ = backbone(dec.images)
-                regions = regions.to("cpu").numpy().astype(np_dtype, copy=False)
-                glob_ = glob_.to("cpu").numpy().astype(np_dtype, copy=False)
+                regions, glob_ = _run_network(backbone, dec.images, np_dtype, len(dec.images))
             if dec.indices:
                 batch = _rows(todo, dec.indices, dec.sizes, regions, glob_, schema)
                 writer.write(batch)
@@ -592,6 +598,7 @@ def _one_thread(enabled: bool):
     finally:
         if enabled:
             torch.set_num_threads(before)
+
 
 _BACKBONE_CACHE: dict[tuple, Backbone] = {}
 
