@@ -194,3 +194,24 @@ def test_attention_scale_sharpens_the_saliency_and_is_learned():
     scores.sum().backward()
     assert model.att_log_scale.grad is not None and model.att_log_scale.grad.abs() > 0
     assert "att_log_scale" not in dict(make("smlstm").named_parameters())
+
+
+def test_global_weight_on_val_is_left_out_of_training_and_in_scoring():
+    """--global-weight val: in training the matcher's score has no cosine term and the weight
+    gets no gradient; in eval the weight the trainer set multiplies the cosine."""
+    r, g = images()
+    batch = texts("minilm")
+    ii, cc = all_pairs(4, 3)
+    model = make("smlstm", global_weight="val")
+    assert not model.global_weight.requires_grad and float(model.global_weight) == 0.0
+    with torch.no_grad():
+        img, txt = model.encode_images(r, g), model.encode_texts(batch)
+        cosine = (img.emb[ii] * txt.emb[cc]).sum(-1)
+        alone = model.score_pairs(img, txt, ii, cc)
+        model.global_weight.fill_(2.5)
+        torch.testing.assert_close(model.score_pairs(img, txt, ii, cc), alone + 2.5 * cosine)
+        model.train()
+        model.drop.p = 0.0  # the same forward pass, in training mode
+        torch.testing.assert_close(model.score_pairs(img, txt, ii, cc), alone)
+    learned = make("smlstm", global_weight="learned")
+    assert learned.global_weight.requires_grad and float(learned.global_weight) == 1.0

@@ -98,3 +98,23 @@ def test_separate_direction_scores_for_two_stage():
     t2i = np.array([[0.0, 1.0], [1.0, 0.0]])  # wrong the other
     m = recall_metrics(i2t, cap_img, t2i)
     assert m.i2t_r1 == 100.0 and m.t2i_r1 == 0.0
+
+
+def test_global_weight_fuses_two_partly_right_scorers():
+    """Each scorer alone ranks half the captions right; their sum ranks all of them."""
+    from smcli.training.fusion import choose_global_weight
+
+    n = 6
+    cap_img = np.arange(n)
+    own = np.eye(n)
+    wrong = np.roll(np.eye(n), 1, axis=0)  # each caption prefers the next image
+    first, second = np.arange(n) < n // 2, np.arange(n) >= n // 2
+    matcher = np.where(first, own + 0.3 * wrong, 0.3 * wrong)  # right on the first half
+    cosine = np.where(second, own + 0.3 * wrong, 0.3 * wrong)  # right on the second half
+    assert recall_metrics(matcher, cap_img).t2i_r1 == 50.0
+    assert recall_metrics(cosine, cap_img).t2i_r1 == 50.0
+    weight, m = choose_global_weight(matcher, cosine, cap_img)
+    assert 0 < weight and m.t2i_r1 == 100.0 and m.i2t_r1 == 100.0
+    # a cosine that only misleads is left out
+    weight, m = choose_global_weight(own, wrong, cap_img)
+    assert weight == 0.0 and m.rsum == recall_metrics(own, cap_img).rsum

@@ -43,7 +43,7 @@ def test_training_lowers_the_loss_and_fits_the_train_split(example_pipeline, tmp
     model = create_model(trainer.cfg)
     import torch
 
-    load_state(tmp_path, model, torch.optim.Adam(model.parameters()))
+    load_state(tmp_path, model, torch.optim.Adam([p for p in model.parameters() if p.requires_grad]))
     store = trainer._text_store()
     m = trainer.evaluate(model, store, trainer.train_caps, shortlist=0)
     chance = 100 / 16
@@ -197,3 +197,35 @@ def test_reranker_on_a_frozen_embedding_head(example_pipeline, tmp_path):
     rc, _, err = run_smcli("train", "-o", tmp_path / "bad", "--init", tmp_path / "vse", "--epochs", "1",
                            *common, "--emb-dim", "32", cwd=REPO)
     assert_one_line_error(rc, err, "--init")
+
+
+def test_global_weight_chosen_on_val_is_the_saved_models(example_pipeline, tmp_path):
+    """--global-weight val: the matcher trains alone, the cosine's weight comes from val, and
+    the saved model scores val exactly as the selection saw it."""
+    from safetensors.torch import load_file
+
+    from smcli.training.fusion import WEIGHT_GRID
+
+    common = ["--regions", example_pipeline["feats"], "--captions", example_pipeline["captions"],
+              "--batch-size", "16", "--lr", "1e-3", *SMALL_MODEL_ARGS]
+    rc, _, err = run_smcli("train", "--variant", "vse", "-o", tmp_path / "vse", "--epochs", "3", *common,
+                           cwd=REPO, timeout=300)
+    assert rc == 0, err
+    rc, _, err = run_smcli("train", "-o", tmp_path / "rr", "--epochs", "3", "--init", tmp_path / "vse",
+                           "--freeze-embedding", "--global-weight", "val", "--val-shortlist", "5", *common,
+                           cwd=REPO, timeout=300)
+    assert rc == 0, err
+    assert "at global weight" in err
+    rows = metrics(tmp_path / "rr")
+    assert len(rows) == 3 and all(r["global_weight"] in WEIGHT_GRID for r in rows)
+    best = json.loads((tmp_path / "rr" / "config.json").read_text())["best"]
+    saved = float(load_file(tmp_path / "rr" / "model.safetensors")["global_weight"])
+    assert saved == pytest.approx(best["global_weight"])
+    assert best["rsum"] == max(r["val_rsum"] for r in rows)
+    rc, _, err = run_smcli("retrieve", "--eval", "--split", "val", "--shortlist", "5", "-o", tmp_path / "val.json",
+                           "--model", tmp_path / "rr", "--regions", example_pipeline["feats"],
+                           "--captions", example_pipeline["captions"], cwd=REPO, timeout=300)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "val.json").read_text())["rsum"] == pytest.approx(best["rsum"])
+    rc, _, err = run_smcli("train", "-o", tmp_path / "bad", "--global-weight", "often", *common, cwd=REPO)
+    assert_one_line_error(rc, err, "--global-weight")

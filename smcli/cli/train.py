@@ -29,7 +29,7 @@ def train_cmd(
     epochs: int = typer.Option(30, "--epochs", min=1, help="Most epochs to train."),
     batch_size: int = typer.Option(128, "--batch-size", min=2),
     lr: float = typer.Option(2e-4, "--lr", min=0.0, help="Adam learning rate."),
-    lr_decay_epochs: int = typer.Option(15, "--lr-decay-epochs", min=0, help="lr x 0.1 from this epoch on (0: never)."),
+    lr_decay_epochs: int = typer.Option(8, "--lr-decay-epochs", min=0, help="lr x 0.1 from this epoch on (0: never)."),
     steps: int = typer.Option(3, "--steps", min=1, help="T: attention + LSTM steps per pair."),
     margin: float = typer.Option(0.2, "--margin", min=0.0, help="Hinge ranking margin alpha."),
     negatives: str = typer.Option(
@@ -52,7 +52,11 @@ def train_cmd(
         help="Add the mean cosine of the selected pairs over the steps to the score (a skip path)."),
     fuse_global: bool = typer.Option(
         True, "--fuse-global/--no-fuse-global",
-        help="Add a learned multiple of the one-to-one cosine to the sm-LSTM score."),
+        help="Add a multiple of the one-to-one cosine to the sm-LSTM score."),
+    global_weight: str = typer.Option(
+        "val", "--global-weight",
+        help="That multiple: val (the matcher trains on its own score; the multiple is chosen "
+             "on val after every epoch) | learned (trained with the matcher)."),
     emb_weight: float = typer.Option(
         1.0, "--emb-weight", min=0.0, help="Weight of the one-to-one embedding loss beside the matcher's."),
     dropout: float = typer.Option(0.3, "--dropout", min=0.0, max=0.9, help="Dropout on region and word projections."),
@@ -84,7 +88,7 @@ def train_cmd(
     epoch). Example: smcli train --regions feats.parquet --captions caps.parquet -o model/
     """
     from smcli.errors import UsageError
-    from smcli.models.config import TEXT_ENCODERS, VARIANTS, ModelConfig
+    from smcli.models.config import GLOBAL_WEIGHTS, TEXT_ENCODERS, VARIANTS, ModelConfig
     from smcli.training.trainer import TrainOptions, parse_negatives, train
 
     if variant not in VARIANTS:
@@ -95,13 +99,15 @@ def train_cmd(
         raise UsageError("--word-vectors applies to --text-encoder bilstm")
     if freeze_embedding and not init:
         raise UsageError("--freeze-embedding needs --init MODEL_DIR (a trained one-to-one head)")
+    if global_weight not in GLOBAL_WEIGHTS:
+        raise UsageError(f"--global-weight {global_weight}: choose {' or '.join(GLOBAL_WEIGHTS)}")
     if score_head not in ("mlp", "sum"):
         raise UsageError(f"--score-head {score_head}: choose mlp or sum")
     cfg = ModelConfig(variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, steps=steps,
                       inst_dim=inst_dim, sim_dim=inst_dim, att_dim=att_dim, hidden_dim=hidden_dim,
                       emb_dim=emb_dim, score_head=score_head, fuse_global=fuse_global, dropout=dropout,
                       emb_dropout=emb_dropout, att_scale=att_scale,
-                      local_skip=local_skip)
+                      local_skip=local_skip, global_weight=global_weight)
     opts = TrainOptions(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay_epochs=lr_decay_epochs,
                         margin=margin, negatives=parse_negatives(negatives), mine=mine,
                         patience=patience, val_shortlist=val_shortlist, seed=seed, device=device, precision=precision,

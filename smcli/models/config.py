@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 VARIANTS = ("smlstm", "no-context", "mean", "vse", "cca")
+GLOBAL_WEIGHTS = ("learned", "val")
 TEXT_ENCODERS = ("minilm", "bilstm")
 
 
@@ -32,7 +33,8 @@ class ModelConfig:
     att_scale: float = 0.0  # > 0: a learned multiplier of the attention logits, starting here
     score_head: str = "mlp"  # "mlp" on h_T, or "sum": a learned sum over h_1..h_T
     local_skip: bool = True  # add the mean local cosine over steps to the score (a skip path)
-    fuse_global: bool = True  # add a learned multiple of the one-to-one cosine to the score
+    fuse_global: bool = True  # add a multiple of the one-to-one cosine to the score
+    global_weight: str = "val"  # that multiple: chosen on val after each epoch, or "learned" with the matcher
     dropout: float = 0.3  # on the region and word features entering the matcher
     # one-to-one embedding head (the vse variant, shortlisting, negative mining)
     emb_dim: int = 1024
@@ -53,4 +55,5 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)}
+        data = {"global_weight": "learned", **data}  # models saved before the option learned it
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -38,6 +38,7 @@ from smcli.report import say
 from smcli.runtime import autocast, resolve_device, resolve_precision
 from smcli.training.checkpoint import STATE_FILE, load_state, read_progress, save_state
 from smcli.training.data import MatchingData, check_splits
+from smcli.training.fusion import choose_global_weight
 from smcli.training.loss import ranking_loss_grid, ranking_loss_mined
 
 METRICS_FILE = "metrics.jsonl"
@@ -48,7 +49,7 @@ class TrainOptions:
     epochs: int = 30
     batch_size: int = 128
     lr: float = 2e-4
-    lr_decay_epochs: int = 15  # lr x 0.1 from this epoch on (VSE++); 0 = never
+    lr_decay_epochs: int = 8  # lr x 0.1 from this epoch on (VSE++); 0 = never
     margin: float = 0.2
     negatives: str | int = "hardest"
     mine: int = 4  # negatives per positive mined by the embedding; 0 = score the whole batch
@@ -116,6 +117,7 @@ class Trainer:
                 raise UsageError(f"--word-vectors {cfg.word_vectors}: only {NAME} is available")
             cfg.word_dim = DIM
         self.cfg = cfg
+        self.chosen_weight: dict[str, float] = {}  # with --global-weight val: the last val's choice
         self.info = ModelInfo(cfg, feature_signature(data.features_meta), data.vocab.hash,
                               {"training": {**asdict(opts), "train_captions": len(self.train_caps),
                                             "val_captions": len(self.val_caps),
@@ -151,12 +153,28 @@ class Trainer:
             img = encode_images(model, regions, self.data.global_[images], device=self.device)
             txt = encode_texts(model, store, self.store_row[caps], device=self.device)
             # the one-to-one head on its own: how good the shortlist is
-            self.embedding_metrics = recall_metrics(model.embedding_grid(img, txt).float().cpu().numpy(),
-                                                    cap_img)
+            cosine = model.embedding_grid(img, txt).float().cpu().numpy()
+            self.embedding_metrics = recall_metrics(cosine, cap_img)
+            if self.cfg.many_to_many and self.cfg.fuse_global and self.cfg.global_weight == "val":
+                return self._choose_global_weight(model, img, txt, cosine, cap_img, shortlist)
             if shortlist:
                 two = two_stage_scores(model, img, txt, shortlist)
                 return recall_metrics(two.i2t, cap_img, two.t2i)
             return recall_metrics(exhaustive_scores(model, img, txt), cap_img)
+
+    def _choose_global_weight(self, model, img, txt, cosine, cap_img, shortlist: int) -> RecallMetrics:
+        """Score val by the matcher alone, then set the cosine's weight that fuses best."""
+        with torch.no_grad():
+            model.global_weight.zero_()
+        if shortlist:
+            two = two_stage_scores(model, img, txt, shortlist)
+            weight, metrics = choose_global_weight(two.i2t, cosine, cap_img, two.t2i)
+        else:
+            weight, metrics = choose_global_weight(exhaustive_scores(model, img, txt), cosine, cap_img)
+        with torch.no_grad():
+            model.global_weight.fill_(weight)
+        self.chosen_weight = {"global_weight": weight}
+        return metrics
 
     # -- CCA: closed form ---------------------------------------------------------------
     def fit_cca(self) -> dict[str, Any]:
@@ -258,20 +276,23 @@ class Trainer:
             train_time = time.time() - started
             metrics = self.evaluate(model, store, self.val_caps, opts.val_shortlist)
             row = {"epoch": epoch + 1, "loss": loss_sum / steps, "match_loss": match_sum / steps,
-                   **_prefixed(metrics), "val_embedding_rsum": round(self.embedding_metrics.rsum, 2),
+                   **_prefixed(metrics), **self.chosen_weight,
+                   "val_embedding_rsum": round(self.embedding_metrics.rsum, 2),
                    "lr": lr, "train_seconds": round(train_time, 1),
                    "pairs_per_second": round(pairs / max(train_time, 1e-9), 1),
                    "eval_seconds": round(time.time() - started - train_time, 1)}
             improved = metrics.rsum > progress["best_rsum"]
             if improved:
                 progress.update(best_rsum=metrics.rsum, best_epoch=epoch + 1, bad_epochs=0)
-                self.info.extra["best"] = {"epoch": epoch + 1, **metrics.to_dict()}
+                self.info.extra["best"] = {"epoch": epoch + 1, **metrics.to_dict(), **self.chosen_weight}
                 save_model(self.out_dir, model, self.info, self.data.vocab)
             else:
                 progress["bad_epochs"] += 1
             self._append_metrics(row)
             self.log(f"epoch {epoch + 1}: loss {row['loss']:.4f} (matcher {row['match_loss']:.4f}), "
-                     f"val {metrics.short()} (embedding alone {self.embedding_metrics.rsum:.1f})"
+                     f"val {metrics.short()}"
+                     + (f" at global weight {self.chosen_weight['global_weight']:g}" if self.chosen_weight else "")
+                     + f" (embedding alone {self.embedding_metrics.rsum:.1f})"
                      f"{' (best)' if improved else ''}, {row['train_seconds']:.0f}s train "
                      f"+ {row['eval_seconds']:.0f}s val, {row['pairs_per_second']:.0f} pairs/s")
             progress.update(epoch=epoch + 1, step=0, loss_sum=0.0, match_loss_sum=0.0, pairs=0)
