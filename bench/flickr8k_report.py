@@ -73,6 +73,7 @@ def collect(work: Path, variant: str) -> dict | None:
         "best_epoch": cfg["best"]["epoch"],
         "epochs_run": len(rows),
         "val_rsum": round(cfg["best"]["rsum"], 2),
+        "global_weight": cfg["best"].get("global_weight"),  # chosen on val (--global-weight val)
         "seconds_per_epoch": round(sum(r.get("train_seconds", 0) for r in rows) / max(1, len(rows)), 1),
         "pairs_per_second": round(sum(r.get("pairs_per_second", 0) for r in rows) / max(1, len(rows))),
         "train": _time(work, f"train-{variant}"),
@@ -138,8 +139,12 @@ def _spread_lines(results: dict) -> list[str]:
                  for k in seeds]
         tests = [r["test_rsum"] for r in runs.values()]
         mean = sum(tests) / len(tests)
-        sd = (sum((t - mean) ** 2 for t in tests) / (len(tests) - 1)) ** 0.5 if len(tests) > 1 else 0.0
-        lines.append(f"| {v} | " + " | ".join(cells) + f" | {mean:.1f} ± {sd:.1f} |")
+        if len(tests) > 1:
+            sd = (sum((t - mean) ** 2 for t in tests) / (len(tests) - 1)) ** 0.5
+            summary = f"{mean:.1f} ± {sd:.1f}"
+        else:
+            summary = "one seed only"
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {summary} |")
     return lines
 
 

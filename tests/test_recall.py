@@ -118,3 +118,14 @@ def test_global_weight_fuses_two_partly_right_scorers():
     # a cosine that only misleads is left out
     weight, m = choose_global_weight(own, wrong, cap_img)
     assert weight == 0.0 and m.rsum == recall_metrics(own, cap_img).rsum
+
+
+def test_global_weight_grid_extends_while_the_largest_weight_wins():
+    """A matcher whose scores are 100x the cosine's needs a weight past the base grid."""
+    from smcli.training.fusion import WEIGHT_GRID, choose_global_weight
+
+    n = 6
+    cap_img = np.arange(n)
+    own, wrong = np.eye(n), np.roll(np.eye(n), 1, axis=0)
+    weight, m = choose_global_weight(100 * wrong, own, cap_img)
+    assert weight > 100 > WEIGHT_GRID[-1] and m.rsum == 600.0

@@ -14,8 +14,10 @@ import numpy as np
 
 from smcli.evaluation.recall import RecallMetrics, recall_metrics
 
-# 0 and 0.1 .. 12.8 in steps of sqrt(2): val rsum is flat within a step near the best
+# 0 and 0.1 .. 12.8 in steps of sqrt(2) (val rsum is flat within a step near the best),
+# extended upwards in the same steps while the largest weight tried is as good as the best
 WEIGHT_GRID = (0.0, *(round(0.1 * 2 ** (k / 2), 4) for k in range(15)))
+MAX_WEIGHT = 1e4  # the cosine alone, in effect
 
 
 def choose_global_weight(i2t: np.ndarray, cosine: np.ndarray, caption_image: np.ndarray,
@@ -27,10 +29,17 @@ def choose_global_weight(i2t: np.ndarray, cosine: np.ndarray, caption_image: np.
     order adding ``w * cosine`` keeps); ``cosine`` is the one-to-one head's [images, captions].
     """
     cosine = np.asarray(cosine, dtype=np.float64)
-    best: tuple[float, RecallMetrics] | None = None
-    for w in WEIGHT_GRID:
-        m = recall_metrics(i2t + w * cosine, caption_image, None if t2i is None else t2i + w * cosine)
-        if best is None or m.rsum > best[1].rsum:
+
+    def fused(w: float) -> RecallMetrics:
+        return recall_metrics(i2t + w * cosine, caption_image, None if t2i is None else t2i + w * cosine)
+
+    best = (WEIGHT_GRID[0], fused(WEIGHT_GRID[0]))
+    for w in WEIGHT_GRID[1:]:
+        if (m := fused(w)).rsum > best[1].rsum:
             best = (w, m)
-    assert best is not None
+    w, top = WEIGHT_GRID[-1], m
+    while top.rsum >= best[1].rsum and w < MAX_WEIGHT:  # the largest weight is (one of) the best
+        w = round(w * 2 ** 0.5, 4)
+        if (top := fused(w)).rsum > best[1].rsum:
+            best = (w, top)
     return best
