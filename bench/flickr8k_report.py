@@ -237,10 +237,13 @@ def main() -> None:
         results["seeds"] = spread
     for step in ("extract", "tokenize") if not args.seeds_only else ():
         run = _time(args.work, step)
-        if run is not None:  # a step that reused earlier output keeps its earlier figures
-            run.update(command=_cmd(args.work, step), commit=commit(), machine=machine(),
-                       run_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"))
-            results.setdefault("pipeline", {})[step] = run
+        known = results.get("pipeline", {}).get(step, {})
+        if run is None or {k: known.get(k) for k in run} == run:
+            continue  # a step that reused earlier output keeps its figures, commit and date
+        ran = dt.datetime.fromtimestamp((args.work / "logs" / f"{step}.time").stat().st_mtime, dt.UTC)
+        run.update(command=_cmd(args.work, step), commit=commit(), machine=machine(),
+                   run_at=ran.strftime("%Y-%m-%d %H:%M UTC"))
+        results.setdefault("pipeline", {})[step] = run
     results["protocol"] = ("Flickr8k: train 6,000 images / val 1,000 (model selection) / test 1,000 "
                            "(5,000 captions); R@K in percent; rsum = sum of the six")
     RESULTS.parent.mkdir(exist_ok=True)
