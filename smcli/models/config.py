@@ -49,6 +49,11 @@ class ModelConfig:
     def many_to_many(self) -> bool:
         return self.variant in ("smlstm", "no-context", "mean")
 
+    @property
+    def global_weight_on_val(self) -> bool:
+        """The cosine's weight is set by the trainer on val, not trained with the matcher."""
+        return self.many_to_many and self.fuse_global and self.global_weight == "val"
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

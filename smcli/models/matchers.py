@@ -157,7 +157,7 @@ class SmLSTM(Matcher):
         self.lstm = nn.LSTMCell(ds, dh)
         if cfg.fuse_global:
             # "val": the matcher trains on its own score; the trainer sets this weight on val
-            learned = cfg.global_weight == "learned"
+            learned = not cfg.global_weight_on_val
             self.global_weight = nn.Parameter(torch.tensor(1.0 if learned else 0.0), requires_grad=learned)
         if cfg.score_head == "sum":
             self.head = nn.Linear(dh, 1)
@@ -255,7 +255,7 @@ class SmLSTM(Matcher):
                 score = self.head(h.float()).squeeze(-1)
             if self.cfg.local_skip:
                 score = score + torch.stack(cosines).mean(0)
-            if self.cfg.fuse_global and not (self.training and self.cfg.global_weight == "val"):
+            if self.cfg.fuse_global and not (self.training and self.cfg.global_weight_on_val):
                 glob = img.emb @ txt.emb.T if grid else (img.emb * txt.emb).sum(-1)
                 score = score + self.global_weight * glob
         maps = Attention(torch.stack(region_maps, -2), torch.stack(word_maps, -2)) if keep_maps else None

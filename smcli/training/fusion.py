@@ -33,13 +33,13 @@ def choose_global_weight(i2t: np.ndarray, cosine: np.ndarray, caption_image: np.
     def fused(w: float) -> RecallMetrics:
         return recall_metrics(i2t + w * cosine, caption_image, None if t2i is None else t2i + w * cosine)
 
-    best = (WEIGHT_GRID[0], fused(WEIGHT_GRID[0]))
-    for w in WEIGHT_GRID[1:]:
-        if (m := fused(w)).rsum > best[1].rsum:
+    weights = list(WEIGHT_GRID)
+    best: tuple[float, RecallMetrics] | None = None
+    for w in weights:  # grows while the largest weight tried is (one of) the best
+        m = fused(w)
+        if best is None or m.rsum > best[1].rsum:
             best = (w, m)
-    w, top = WEIGHT_GRID[-1], m
-    while top.rsum >= best[1].rsum and w < MAX_WEIGHT:  # the largest weight is (one of) the best
-        w = round(w * 2 ** 0.5, 4)
-        if (top := fused(w)).rsum > best[1].rsum:
-            best = (w, top)
+        if w == weights[-1] and m.rsum >= best[1].rsum and w < MAX_WEIGHT:
+            weights.append(round(w * 2 ** 0.5, 4))
+    assert best is not None
     return best

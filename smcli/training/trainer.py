@@ -155,26 +155,22 @@ class Trainer:
             # the one-to-one head on its own: how good the shortlist is
             cosine = model.embedding_grid(img, txt).float().cpu().numpy()
             self.embedding_metrics = recall_metrics(cosine, cap_img)
-            if self.cfg.many_to_many and self.cfg.fuse_global and self.cfg.global_weight == "val":
-                return self._choose_global_weight(model, img, txt, cosine, cap_img, shortlist)
+            on_val = self.cfg.global_weight_on_val
+            if on_val:  # score by the matcher alone, then set the cosine's weight that fuses best
+                with torch.no_grad():
+                    model.global_weight.zero_()
             if shortlist:
                 two = two_stage_scores(model, img, txt, shortlist)
-                return recall_metrics(two.i2t, cap_img, two.t2i)
-            return recall_metrics(exhaustive_scores(model, img, txt), cap_img)
-
-    def _choose_global_weight(self, model, img, txt, cosine, cap_img, shortlist: int) -> RecallMetrics:
-        """Score val by the matcher alone, then set the cosine's weight that fuses best."""
-        with torch.no_grad():
-            model.global_weight.zero_()
-        if shortlist:
-            two = two_stage_scores(model, img, txt, shortlist)
-            weight, metrics = choose_global_weight(two.i2t, cosine, cap_img, two.t2i)
-        else:
-            weight, metrics = choose_global_weight(exhaustive_scores(model, img, txt), cosine, cap_img)
-        with torch.no_grad():
-            model.global_weight.fill_(weight)
-        self.chosen_weight = {"global_weight": weight}
-        return metrics
+                i2t, t2i = two.i2t, two.t2i
+            else:
+                i2t, t2i = exhaustive_scores(model, img, txt), None
+            if not on_val:
+                return recall_metrics(i2t, cap_img, t2i)
+            weight, metrics = choose_global_weight(i2t, cosine, cap_img, t2i)
+            with torch.no_grad():
+                model.global_weight.fill_(weight)
+            self.chosen_weight = {"global_weight": weight}
+            return metrics
 
     # -- CCA: closed form ---------------------------------------------------------------
     def fit_cca(self) -> dict[str, Any]:
