@@ -190,64 +190,147 @@ class SmLSTM(Matcher):
     # -- pairs --------------------------------------------------------------------------
     def score_pairs(self, img: ImageSide, txt: TextSide, ii: torch.Tensor,
                     cc: torch.Tensor) -> torch.Tensor:
-        return self._fuse(img.select(ii), txt.select(cc), grid=False)[0]
+        return self._fuse(img, txt, pairs=(ii, cc))[0]
 
     def score_grid(self, img: ImageSide, txt: TextSide) -> torch.Tensor:
-        return self._fuse(img, txt, grid=True)[0]
+        if len(txt) > 1 and txt.mask is not None:
+            # captions sorted by length: a block of word attention spans only its own longest caption
+            order = torch.sort(txt.mask.sum(-1), stable=True).indices
+            if bool((order != torch.arange(len(order), device=order.device)).any()):
+                score = self._fuse(img, txt.select(order))[0]
+                return score.index_select(1, torch.argsort(order))
+        return self._fuse(img, txt)[0]
 
     def attention_maps(self, img: ImageSide, txt: TextSide, ii: torch.Tensor,
                        cc: torch.Tensor) -> tuple[torch.Tensor, Attention]:
         """Scores and the saliency maps of every step for the given pairs."""
-        return self._fuse(img.select(ii), txt.select(cc), grid=False, keep_maps=True)
+        return self._fuse(img, txt, pairs=(ii, cc), keep_maps=True)
 
-    def _fuse(self, img: ImageSide, txt: TextSide, *, grid: bool, keep_maps: bool = False):
+    def _fused_weights(self):
+        """The LSTM's weights with the cell-input gate doubled (tanh(g) = 2 sigmoid(2g) - 1, so one
+        sigmoid covers all four gates), and U_a, U_s stacked under W_hh: one matrix product of
+        h_{t-1} per step gives the gates' recurrent part and both attention queries. Built from
+        the parameters on every call (cheap), so they always follow the parameters."""
+        lstm, dh = self.lstm, self.cfg.hidden_dim
+        scale = torch.ones(4 * dh, dtype=lstm.weight_ih.dtype, device=lstm.weight_ih.device)
+        scale[2 * dh:3 * dh] = 2.0
+        w_x = lstm.weight_ih * scale[:, None]
+        w_h = [lstm.weight_hh * scale[:, None]]
+        b_h = [(lstm.bias_ih + lstm.bias_hh) * scale]
+        if self.attention != "uniform":
+            w_h += [self.U_a.weight, self.U_s.weight]
+            b_h += [self.U_a.bias, self.U_s.bias]
+        return w_x, torch.cat(w_h), torch.cat(b_h)
+
+    def _fuse(self, img: ImageSide, txt: TextSide, pairs: tuple[torch.Tensor, torch.Tensor] | None = None, *,
+              keep_maps: bool = False):
         """Run T attention + LSTM steps for pairs.
 
-        grid=False: img and txt are aligned lists of P pairs -> scores [P].
-        grid=True: every image against every caption -> scores [I, C]. Image tensors are
+        pairs=(ii, cc): the P pairs (img[ii[k]], txt[cc[k]]) -> scores [P]; no per-image or
+        per-caption tensor is copied per pair (attention-weighted sums are batched per image
+        and per caption, see :class:`_Groups`).
+        pairs=None: every image against every caption -> scores [I, C]. Image tensors are
         broadcast over captions and text tensors over images, never copied per pair.
+
+        The attention logits w . tanh(keys + query) are computed in cache-sized blocks by
+        :func:`_att_logits` (the [pairs, instances, att_dim] tensor is never materialised);
+        the recurrent matrix products are fused (see :meth:`_fused_weights`).
         """
+        cfg = self.cfg
+        dh, da = cfg.hidden_dim, cfg.att_dim
+        grid = pairs is None
         if grid:
             shape = (len(img), len(txt))
             word_mask = txt.mask.unsqueeze(0)  # [1, C, L]
+            groups = None
         else:
-            shape = (len(img),)
-            word_mask = txt.mask  # [P, L]
-        h = img.values.new_zeros(*shape, self.cfg.hidden_dim)
-        c = torch.zeros_like(h)
-        ctx_a = ctx_s = None
-        if self.attention == "context":
-            ctx_a = _pair_add(img.ctx_a, txt.ctx_a, grid)
-            ctx_s = _pair_add(img.ctx_s, txt.ctx_s, grid)
+            ii, cc = pairs
+            shape = (len(ii),)
+            word_mask = txt.mask.index_select(0, cc)  # [P, L]
+            groups = (_Groups(ii, len(img)), _Groups(cc, len(txt)))
+        n_pairs = math.prod(shape)
+        L = txt.mask.shape[-1]
+        lengths = txt.mask.sum(-1)
+        # words past the longest caption here are padding everywhere: left out of the kernel
+        L_used = max(1, int(lengths.max())) if L and len(txt) else L
+        word_mask_used = word_mask[..., :L_used]
+        w_x, w_h, b_h = self._fused_weights()
+        track = torch.is_grad_enabled()
+        h = c = None
+        if self.attention == "uniform":
+            p_uni = img.values.new_full((*shape, img.values.shape[-2]), 1.0 / img.values.shape[-2])
+            q_uni = word_mask.expand(*shape, -1).to(img.values.dtype)
+            q_uni = q_uni / q_uni.sum(-1, keepdim=True).clamp(min=1.0)
+            # the same selection for every pair: one mean per image and per caption
+            q_cap = txt.mask.to(img.values.dtype)
+            q_cap = q_cap / q_cap.sum(-1, keepdim=True).clamp(min=1.0)
+            a_sel, s_sel = img.values.mean(-2), torch.einsum("ck,ckd->cd", q_cap, txt.values)
+            a_sel, s_sel = F.normalize(a_sel, dim=-1), F.normalize(s_sel, dim=-1)
+            x_uni = (a_sel.unsqueeze(1) * s_sel.unsqueeze(0) if grid
+                     else a_sel.index_select(0, ii) * s_sel.index_select(0, cc))  # [*shape, ds]
+            gx_uni = x_uni.reshape(n_pairs, -1) @ w_x.T  # the input part of the gates: the same every step
+        else:
+            ctx_a = ctx_s = None
+            if self.attention == "context":
+                ctx_a = _pair_add(img.ctx_a, txt.ctx_a, pairs)
+                ctx_s = _pair_add(img.ctx_s, txt.ctx_s, pairs)
+            keys_w = txt.keys[:, :L_used]
+            ea_img, ea_txt = _exp_keys(img.keys), _exp_keys(txt.keys)
+            ea_txt = None if ea_txt is None else ea_txt[:, :L_used]
+            w_a, w_s = self.w_a.weight[0], self.w_s.weight[0]
+            scale = self.att_log_scale.exp() if cfg.att_scale > 0 else None
         region_maps, word_maps, outputs, cosines = [], [], [], []
-        for _ in range(self.cfg.steps):
+        hp = None  # h_{t-1} @ [W_hh; U_a; U_s]^T + biases, [pairs, 4 dh (+ 2 da)]; None while h = 0
+        for step in range(cfg.steps):
             if self.attention == "uniform":
-                p = img.values.new_full((*shape, img.values.shape[-2]), 1.0 / img.values.shape[-2])
-                q = word_mask.expand(*shape, -1).to(h.dtype)
-                q = q / q.sum(-1, keepdim=True).clamp(min=1.0)
+                p, q = p_uni, q_uni
+                x = x_uni
+                gates = gx_uni + (b_h if hp is None else hp)
             else:
-                qa, qs = self.U_a(h), self.U_s(h)
+                if hp is None:  # h_0 = 0: the queries are U's biases
+                    qa = b_h[4 * dh:4 * dh + da].expand(*shape, da)
+                    qs = b_h[4 * dh + da:].expand(*shape, da)
+                else:
+                    qa = hp[:, 4 * dh:4 * dh + da].reshape(*shape, da)
+                    qs = hp[:, 4 * dh + da:].reshape(*shape, da)
                 if ctx_a is not None:
                     qa, qs = qa + ctx_a, qs + ctx_s
-                e_a = self._logits(self.w_a, img.keys, qa, grid, images=True)
-                e = self._logits(self.w_s, txt.keys, qs, grid, images=False)
-                if self.cfg.att_scale > 0:
-                    scale = self.att_log_scale.exp()
+                e_a = _att_logits(img.keys, ea_img, qa, w_a, None if grid else ii, images=True)
+                e = _att_logits(keys_w, ea_txt, qs, w_s, None if grid else cc, images=False, lengths=lengths)
+                if scale is not None:
                     e_a, e = e_a * scale, e * scale
                 p = torch.softmax(e_a, -1)
-                q = torch.softmax(e.masked_fill(~word_mask, float("-inf")), -1)
-            a_sel = _weighted(p, img.values, grid, images=True)  # [*shape, sim_dim]
-            s_sel = _weighted(q, txt.values, grid, images=False)
-            x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
+                q = torch.softmax(e.masked_fill(~word_mask_used, float("-inf")), -1)
+                a_sel = _weighted(p, img.values, groups and groups[0], images=True)  # [*shape, sim_dim]
+                s_sel = _weighted(q, txt.values[:, :L_used], groups and groups[1], images=False)
+                if keep_maps and L_used < L:
+                    q = F.pad(q, (0, L - L_used))
+                x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
+                if hp is None:
+                    gates = torch.addmm(b_h[:4 * dh], x.reshape(n_pairs, -1), w_x.T)
+                elif track:
+                    gates = torch.addmm(hp[:, :4 * dh], x.reshape(n_pairs, -1), w_x.T)
+                else:  # in place, into the recurrent part (no copy of it)
+                    gates = hp[:, :4 * dh].addmm_(x.reshape(n_pairs, -1), w_x.T)
             if self.cfg.local_skip:
                 cosines.append(x.float().sum(-1))
-            h2, c2 = self.lstm(x.reshape(-1, x.shape[-1]),
-                               (h.reshape(-1, h.shape[-1]), c.reshape(-1, c.shape[-1])))
-            h, c = h2.reshape(h.shape), c2.reshape(c.shape)
-            outputs.append(h)
+            if track:
+                i_g, f_g, g_g, o_g = gates.sigmoid().split(dh, -1)
+                g_g = g_g * 2 - 1  # tanh of the cell input (its pre-activation was doubled)
+                c = i_g * g_g if c is None else torch.addcmul(f_g * c, i_g, g_g)
+                h = o_g * (torch.sigmoid(c * 2) * 2 - 1)  # o * tanh(c)
+            else:  # the same, in place
+                i_g, f_g, g_g, o_g = gates.sigmoid_().split(dh, -1)
+                g_g.mul_(2).sub_(1)
+                c = i_g * g_g if c is None else c.mul_(f_g).addcmul_(i_g, g_g)
+                h = torch.mul(c, 2).sigmoid_().mul_(2).sub_(1).mul_(o_g)
+            if step < cfg.steps - 1:
+                hp = torch.addmm(b_h if self.attention != "uniform" else b_h[:4 * dh], h, w_h.T)
+            outputs.append(h.reshape(*shape, dh))
             if keep_maps:
                 region_maps.append(p)
                 word_maps.append(q)
+        h = outputs[-1]
         with full_precision(h):
             if self.cfg.score_head == "sum":
                 score = sum(self.head(o.float()).squeeze(-1) for o in outputs)
@@ -256,30 +339,227 @@ class SmLSTM(Matcher):
             if self.cfg.local_skip:
                 score = score + torch.stack(cosines).mean(0)
             if self.cfg.fuse_global and not (self.training and self.cfg.global_weight_on_val):
-                glob = img.emb @ txt.emb.T if grid else (img.emb * txt.emb).sum(-1)
+                glob = (img.emb @ txt.emb.T if grid
+                        else (img.emb.index_select(0, ii) * txt.emb.index_select(0, cc)).sum(-1))
                 score = score + self.global_weight * glob
         maps = Attention(torch.stack(region_maps, -2), torch.stack(word_maps, -2)) if keep_maps else None
         return score, maps
 
+
+# -- the attention kernel ------------------------------------------------------------------
+# w . tanh(keys + query) over [pairs, instances, att_dim] is most of a pair's element-wise work.
+# On a CPU it runs in blocks of about _BLOCK elements (32 MB of float32 at most in flight, in
+# cache), and tanh(z) = 2 / (1 + exp(-2 k) exp(-2 q)) - 1, with exp(-2 k) computed once per
+# image or caption and exp(-2 q) once per pair: no transcendental per element, one multiply-add
+# and one reciprocal instead. That form is used while |k|, |q| <= _EXP_RANGE (the products then
+# stay normal floats); otherwise, and on other devices, tanh itself.
+_BLOCK = 1 << 21
+_EXP_RANGE = 20.0
+
+
+def _exp_keys(keys: torch.Tensor | None) -> torch.Tensor | None:
+    """exp(-2 keys) for the exp form of the attention, or None where it does not apply."""
+    if keys is None or keys.device.type != "cpu" or keys.numel() == 0:
+        return None
+    with torch.no_grad():
+        k = keys.detach().float()
+        if not bool(k.abs().amax() <= _EXP_RANGE):
+            return None
+        return torch.exp(k * -2.0)
+
+
+def _exp_query(query: torch.Tensor, exp_keys: torch.Tensor | None) -> torch.Tensor | None:
+    if exp_keys is None:
+        return None
+    with torch.no_grad():
+        q = query.detach().float()
+        if not bool(q.abs().amax() <= _EXP_RANGE):
+            return None
+        return torch.exp(q * -2.0)
+
+
+_ONE = torch.ones(())
+
+
+def _tanh_block(k, q, ea, eb, out: torch.Tensor) -> tuple[float, float]:
+    """Fill ``out`` with (tanh(k + q) - b) / a and return (a, b): the exp form gives the
+    reciprocal r = 1 / (1 + ea eb), tanh = 2 r - 1."""
+    if eb is None:
+        torch.add(k, q, out=out)
+        out.tanh_()
+        return 1.0, 0.0
+    torch.addcmul(_ONE, ea, eb, out=out)
+    out.reciprocal_()
+    return 2.0, -1.0
+
+
+def _att_logits(keys, exp_keys, query, w, index=None, *, images: bool, lengths=None) -> torch.Tensor:
+    """w . tanh(keys + query) over instances: keys [N, K, da] -> [*shape, K].
+
+    index=None (a grid): N is the images (images=True, query [N, C, da]) or the captions
+    (query [I, N, da]); ``lengths`` of the captions (which come sorted by length) let a block
+    of captions stop at its longest one; logits past a caption's length are left 0.
+    index [P] (pairs): pair k uses keys[index[k]] and query [P, da].
+    """
+    if keys.device.type != "cpu":  # one broadcast operation: fast where tanh is cheap
+        if index is not None:
+            k = keys.index_select(0, index)
+        else:
+            k = keys.unsqueeze(1) if images else keys.unsqueeze(0)
+        return torch.tanh(k + query.unsqueeze(-2)) @ w
+    eb = _exp_query(query, exp_keys)
+    if index is not None:
+        return _PairLogits.apply(keys, exp_keys if eb is not None else None, index, query, w, eb)
+    if torch.is_grad_enabled() and (keys.requires_grad or query.requires_grad or w.requires_grad):
+        k = keys.unsqueeze(1) if images else keys.unsqueeze(0)  # a grid with gradients: plain autograd
+        return torch.tanh(k + query.unsqueeze(-2)) @ w
+    return _grid_logits(keys, exp_keys, query, w, eb, images=images, lengths=lengths)
+
+
+@torch.no_grad()
+def _grid_logits(keys, ea, query, w, eb, *, images: bool, lengths) -> torch.Tensor:
+    n_img, n_cap, da = query.shape
+    K = keys.shape[1]
+    keys, query, w = keys.float(), query.float(), w.float()
+    out = torch.zeros(n_img, n_cap, K)
+    buf = torch.empty(_BLOCK + K * da)
+    if images:  # keys [I, R, da]: blocks of (images, captions)
+        cb = max(1, min(n_cap, _BLOCK // (K * da)))
+        ib = max(1, min(n_img, _BLOCK // (cb * K * da))) if cb == n_cap else 1
+        for i0 in range(0, n_img, ib):
+            i1 = min(n_img, i0 + ib)
+            for c0 in range(0, n_cap, cb):
+                c1 = min(n_cap, c0 + cb)
+                blk = buf[:(i1 - i0) * (c1 - c0) * K * da].view(i1 - i0, c1 - c0, K, da)
+                a, b = _tanh_block(keys[i0:i1, None], query[i0:i1, c0:c1, None],
+                                   None if eb is None else ea[i0:i1, None],
+                                   None if eb is None else eb[i0:i1, c0:c1, None], blk)
+                torch.mv(blk.view(-1, da), w * a, out=out[i0:i1, c0:c1].view(-1))
+                if b:
+                    out[i0:i1, c0:c1].add_(b * float(w.sum()))
+        return out
+    # keys [C, L, da] of captions sorted by length: blocks of (captions, images), each block
+    # only as long as its longest caption
+    cb = max(1, min(n_cap, 64, _BLOCK // (K * da)))
+    w_sum = float(w.sum())
+    for c0 in range(0, n_cap, cb):
+        c1 = min(n_cap, c0 + cb)
+        Kb = K if lengths is None else max(1, min(K, int(lengths[c0:c1].max())))
+        ib = max(1, min(n_img, _BLOCK // ((c1 - c0) * Kb * da)))
+        for i0 in range(0, n_img, ib):
+            i1 = min(n_img, i0 + ib)
+            blk = buf[:(i1 - i0) * (c1 - c0) * Kb * da].view(i1 - i0, c1 - c0, Kb, da)
+            a, b = _tanh_block(keys[None, c0:c1, :Kb], query[i0:i1, c0:c1, None],
+                               None if eb is None else ea[None, c0:c1, :Kb],
+                               None if eb is None else eb[i0:i1, c0:c1, None], blk)
+            part = torch.mv(blk.view(-1, da), w * a).view(i1 - i0, c1 - c0, Kb)
+            if b:
+                part.add_(b * w_sum)
+            out[i0:i1, c0:c1, :Kb] = part
+    return out
+
+
+class _PairLogits(torch.autograd.Function):
+    """w . tanh(keys[index] + query) for pairs: keys [N, K, da], index [P], query [P, da] ->
+    [P, K], in blocks of pairs (each block gathers its own keys); the backward recomputes tanh
+    block by block instead of keeping [P, K, da] tensors. ``ea`` = exp(-2 keys) and ``eb`` =
+    exp(-2 query) select the exp form (see _tanh_block); both None: tanh itself."""
+
     @staticmethod
-    def _logits(w: nn.Linear, keys: torch.Tensor, query: torch.Tensor, grid: bool,
-                images: bool) -> torch.Tensor:
-        """w . tanh(keys + query) over instances; keys [N, K, da], query [*shape, da]."""
-        if not grid:
-            return w(torch.tanh(keys + query.unsqueeze(-2))).squeeze(-1)
-        k = keys.unsqueeze(1) if images else keys.unsqueeze(0)  # [I,1,R,da] or [1,C,L,da]
-        return w(torch.tanh(k + query.unsqueeze(-2))).squeeze(-1)
+    def forward(ctx, keys, ea, index, query, w, eb):
+        n = len(index)
+        K, da = keys.shape[1:]
+        out = torch.empty(n, K, dtype=torch.float32, device=keys.device)
+        kf, qf, wf = keys.detach().float(), query.detach().float(), w.detach().float()
+        ctx.save_for_backward(kf, ea, index, qf, wf, eb)
+        ctx.dtypes = keys.dtype, query.dtype, w.dtype
+        w_sum = float(wf.sum())
+        for p0, p1, blk in _pair_blocks(n, K, da):
+            a, b = _gathered_tanh_block(kf, ea, index[p0:p1], qf[p0:p1], None if eb is None else eb[p0:p1], blk)
+            torch.mv(blk.view(-1, da), wf * a, out=out[p0:p1].view(-1))
+            if b:
+                out[p0:p1].add_(b * w_sum)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        kf, ea, index, qf, wf, eb = ctx.saved_tensors
+        n = len(index)
+        K, da = kf.shape[1:]
+        grad = grad.float().contiguous()
+        d_keys = torch.zeros(kf.shape, device=kf.device)
+        d_query = torch.empty(n, da, device=kf.device)
+        d_w = torch.zeros(da, device=kf.device)
+        dz = None
+        for p0, p1, blk in _pair_blocks(n, K, da):
+            g = grad[p0:p1]
+            a, b = _gathered_tanh_block(kf, ea, index[p0:p1], qf[p0:p1], None if eb is None else eb[p0:p1], blk)
+            if dz is None:
+                dz = torch.empty_like(blk)
+            dzb = dz[:p1 - p0]
+            if b:  # blk = r, tanh = 2 r - 1, 1 - tanh^2 = 4 r (1 - r)
+                d_w += torch.mv(blk.view(-1, da).T, g.reshape(-1)) * 2.0 - float(g.sum())
+                blk.addcmul_(blk, blk, value=-1.0)
+                torch.mul(blk, (g * 4.0)[..., None], out=dzb)
+            else:  # blk = tanh
+                d_w += torch.mv(blk.view(-1, da).T, g.reshape(-1))
+                blk.mul_(blk).neg_().add_(1.0)
+                torch.mul(blk, g[..., None], out=dzb)
+            dzb.mul_(wf)
+            torch.sum(dzb, 1, out=d_query[p0:p1])
+            d_keys.index_add_(0, index[p0:p1], dzb)
+        k_dtype, q_dtype, w_dtype = ctx.dtypes
+        return d_keys.to(k_dtype), None, None, d_query.to(q_dtype), d_w.to(w_dtype), None
 
 
-def _pair_add(img_part: torch.Tensor, txt_part: torch.Tensor, grid: bool) -> torch.Tensor:
-    return img_part.unsqueeze(1) + txt_part.unsqueeze(0) if grid else img_part + txt_part
+def _pair_blocks(n: int, K: int, da: int):
+    """(start, end, buffer [end - start, K, da]) over n pairs, about _BLOCK elements at a time."""
+    pb = max(1, min(n, _BLOCK // max(1, K * da)))
+    buf = torch.empty(pb * K * da)
+    for p0 in range(0, n, pb):
+        p1 = min(n, p0 + pb)
+        yield p0, p1, buf[:(p1 - p0) * K * da].view(p1 - p0, K, da)
 
 
-def _weighted(weights: torch.Tensor, values: torch.Tensor, grid: bool, images: bool) -> torch.Tensor:
+def _gathered_tanh_block(keys, ea, index, query, eb, out):
+    """_tanh_block for pairs ``index`` of keys [N, K, da] and their queries [b, da]."""
+    if eb is None:
+        torch.index_select(keys, 0, index, out=out)
+        out.add_(query[:, None])
+        out.tanh_()
+        return 1.0, 0.0
+    torch.index_select(ea, 0, index, out=out)
+    out.mul_(eb[:, None]).add_(1.0)
+    out.reciprocal_()
+    return 2.0, -1.0
+
+
+class _Groups:
+    """Pairs grouped by their image (or caption) for batched attention-weighted sums: pair k
+    sits in slot ``slot[k]`` of an [N, M] table (M: the most pairs of one item)."""
+
+    def __init__(self, index: torch.Tensor, n: int):
+        counts = torch.bincount(index, minlength=n)
+        self.n, self.m = n, max(1, int(counts.max())) if len(index) else 1
+        order = torch.argsort(index, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(len(index), device=index.device) - starts[index[order]]
+        self.slot = torch.empty_like(index)
+        self.slot[order] = index[order] * self.m + rank
+
+
+def _pair_add(img_part: torch.Tensor, txt_part: torch.Tensor, pairs) -> torch.Tensor:
+    if pairs is None:
+        return img_part.unsqueeze(1) + txt_part.unsqueeze(0)
+    return img_part.index_select(0, pairs[0]) + txt_part.index_select(0, pairs[1])
+
+
+def _weighted(weights: torch.Tensor, values: torch.Tensor, groups: _Groups | None, images: bool) -> torch.Tensor:
     """Attention-weighted sum of instances without copying values per pair."""
-    if not grid:
-        return torch.einsum("pk,pkd->pd", weights, values)
+    if groups is not None:  # pairs: weights [P, K] into an [N, M, K] table, one batched product per item
+        table = weights.new_zeros(groups.n * groups.m, weights.shape[-1]).index_copy(0, groups.slot, weights)
+        out = torch.bmm(table.view(groups.n, groups.m, -1), values.to(weights.dtype))
+        return out.view(groups.n * groups.m, -1).index_select(0, groups.slot)
     if images:
         return torch.einsum("ick,ikd->icd", weights, values)
     return torch.einsum("ick,ckd->icd", weights, values)
-

@@ -1,0 +1,266 @@
+"""The pair-scoring kernel (SmLSTM._fuse) against a straightforward reference implementation.
+
+The reference below is the kernel as it was before the blocked attention, the exp form of
+tanh and the fused recurrent matrix products: every [pairs, instances, att_dim] tensor
+materialised, nn.LSTMCell, keys and values gathered per pair. Scores, saliency maps and
+gradients of the new kernel must equal it within float tolerance, for every attention kind,
+score head and skip/fusion option, with padded captions, on both kernel paths (exp form and
+tanh itself) and across block boundaries.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from smcli.models import ModelConfig, create_model, matchers
+from smcli.models.matchers import Attention, full_precision
+
+SMALL = dict(inst_dim=32, ctx_dim=16, att_dim=16, sim_dim=32, hidden_dim=32, emb_dim=32,
+             img_dim=40, regions=9, dropout=0.0, emb_dropout=0.0, global_weight="learned")
+ATT = {"context": "smlstm", "plain": "no-context", "uniform": "mean"}
+TOL = dict(atol=2e-5, rtol=1e-4)
+
+
+# -- the reference kernel ----------------------------------------------------------------
+def reference_fuse(model, img, txt, *, grid: bool, keep_maps: bool = False):
+    cfg = model.cfg
+    if grid:
+        shape = (len(img), len(txt))
+        word_mask = txt.mask.unsqueeze(0)
+    else:
+        shape = (len(img),)
+        word_mask = txt.mask
+    h = img.values.new_zeros(*shape, cfg.hidden_dim)
+    c = torch.zeros_like(h)
+    ctx_a = ctx_s = None
+    if model.attention == "context":
+        ctx_a = _ref_pair_add(img.ctx_a, txt.ctx_a, grid)
+        ctx_s = _ref_pair_add(img.ctx_s, txt.ctx_s, grid)
+    region_maps, word_maps, outputs, cosines = [], [], [], []
+    for _ in range(cfg.steps):
+        if model.attention == "uniform":
+            p = img.values.new_full((*shape, img.values.shape[-2]), 1.0 / img.values.shape[-2])
+            q = word_mask.expand(*shape, -1).to(h.dtype)
+            q = q / q.sum(-1, keepdim=True).clamp(min=1.0)
+        else:
+            qa, qs = model.U_a(h), model.U_s(h)
+            if ctx_a is not None:
+                qa, qs = qa + ctx_a, qs + ctx_s
+            e_a = _ref_logits(model.w_a, img.keys, qa, grid, images=True)
+            e = _ref_logits(model.w_s, txt.keys, qs, grid, images=False)
+            if cfg.att_scale > 0:
+                scale = model.att_log_scale.exp()
+                e_a, e = e_a * scale, e * scale
+            p = torch.softmax(e_a, -1)
+            q = torch.softmax(e.masked_fill(~word_mask, float("-inf")), -1)
+        a_sel = _ref_weighted(p, img.values, grid, images=True)
+        s_sel = _ref_weighted(q, txt.values, grid, images=False)
+        x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
+        if cfg.local_skip:
+            cosines.append(x.float().sum(-1))
+        h2, c2 = model.lstm(x.reshape(-1, x.shape[-1]), (h.reshape(-1, h.shape[-1]), c.reshape(-1, c.shape[-1])))
+        h, c = h2.reshape(h.shape), c2.reshape(c.shape)
+        outputs.append(h)
+        if keep_maps:
+            region_maps.append(p)
+            word_maps.append(q)
+    with full_precision(h):
+        if cfg.score_head == "sum":
+            score = sum(model.head(o.float()).squeeze(-1) for o in outputs)
+        else:
+            score = model.head(h.float()).squeeze(-1)
+        if cfg.local_skip:
+            score = score + torch.stack(cosines).mean(0)
+        if cfg.fuse_global and not (model.training and cfg.global_weight_on_val):
+            glob = img.emb @ txt.emb.T if grid else (img.emb * txt.emb).sum(-1)
+            score = score + model.global_weight * glob
+    maps = Attention(torch.stack(region_maps, -2), torch.stack(word_maps, -2)) if keep_maps else None
+    return score, maps
+
+
+def _ref_logits(w, keys, query, grid, images):
+    if not grid:
+        return w(torch.tanh(keys + query.unsqueeze(-2))).squeeze(-1)
+    k = keys.unsqueeze(1) if images else keys.unsqueeze(0)
+    return w(torch.tanh(k + query.unsqueeze(-2))).squeeze(-1)
+
+
+def _ref_pair_add(img_part, txt_part, grid):
+    return img_part.unsqueeze(1) + txt_part.unsqueeze(0) if grid else img_part + txt_part
+
+
+def _ref_weighted(weights, values, grid, images):
+    if not grid:
+        return torch.einsum("pk,pkd->pd", weights, values)
+    if images:
+        return torch.einsum("ick,ikd->icd", weights, values)
+    return torch.einsum("ick,ckd->icd", weights, values)
+
+
+def ref_pairs(model, img, txt, ii, cc, keep_maps=False):
+    return reference_fuse(model, img.select(ii), txt.select(cc), grid=False, keep_maps=keep_maps)
+
+
+# -- inputs -------------------------------------------------------------------------------
+def make(attention="context", seed=0, **kw):
+    torch.manual_seed(seed)
+    return create_model(ModelConfig(variant=ATT[attention], text_encoder="minilm", **{**SMALL, **kw}))
+
+
+def sides(model, n_img=5, lengths=(5, 3, 7, 1, 6, 2), pad_to=10, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    regions = torch.rand(n_img, 9, 40, generator=g)
+    mask = torch.arange(pad_to)[None] < torch.tensor(lengths)[:, None]
+    states = torch.randn(len(lengths), pad_to, 384, generator=g) * mask[..., None]
+    batch = {"states": states, "mask": mask, "sentence": torch.randn(len(lengths), 384, generator=g)}
+    return model.encode_images(regions, regions.mean(1)), model.encode_texts(batch)
+
+
+def some_pairs(n_img, n_txt, n=23, seed=3):
+    g = torch.Generator().manual_seed(seed)  # repeats and unused items: uneven groups
+    ii = torch.randint(0, n_img - 1, (n,), generator=g)
+    cc = torch.randint(0, n_txt, (n,), generator=g)
+    ii[:6] = 0
+    return ii, cc
+
+
+OPTIONS = [dict(), dict(score_head="sum"), dict(local_skip=False, fuse_global=False),
+           dict(att_scale=3.0), dict(steps=1), dict(steps=4, score_head="sum", local_skip=False)]
+
+
+@pytest.fixture(params=["exp", "tanh", "tiny-blocks"])
+def kernel_path(request, monkeypatch):
+    """The exp form of tanh (the default on CPU), tanh itself, and blocks of a few pairs."""
+    if request.param == "tanh":
+        monkeypatch.setattr(matchers, "_EXP_RANGE", -1.0)
+    elif request.param == "tiny-blocks":
+        monkeypatch.setattr(matchers, "_BLOCK", 100)
+    return request.param
+
+
+# -- scores and maps ----------------------------------------------------------------------
+@pytest.mark.parametrize("attention", ["context", "plain", "uniform"])
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "default")
+def test_grid_and_pairs_equal_the_reference(attention, options, kernel_path):
+    model = make(attention, **options).eval()
+    with torch.no_grad():
+        img, txt = sides(model)
+        ref = reference_fuse(model, img, txt, grid=True)[0]
+        grid = model.score_grid(img, txt)
+        ii, cc = some_pairs(len(img), len(txt))
+        pairs = model.score_pairs(img, txt, ii, cc)
+        ref_p = ref_pairs(model, img, txt, ii, cc)[0]
+    assert grid.shape == (5, 6) and pairs.shape == (len(ii),)
+    torch.testing.assert_close(grid, ref, **TOL)
+    torch.testing.assert_close(pairs, ref_p, **TOL)
+    torch.testing.assert_close(pairs, ref[ii, cc], **TOL)
+    assert ref.std() > 0
+
+
+@pytest.mark.parametrize("attention", ["context", "plain", "uniform"])
+def test_attention_maps_equal_the_reference(attention, kernel_path):
+    model = make(attention, att_scale=2.0 if attention != "uniform" else 0.0).eval()
+    with torch.no_grad():
+        img, txt = sides(model)
+        ii, cc = some_pairs(len(img), len(txt))
+        score, maps = model.attention_maps(img, txt, ii, cc)
+        ref, ref_maps = ref_pairs(model, img, txt, ii, cc, keep_maps=True)
+    torch.testing.assert_close(score, ref, **TOL)
+    assert maps.regions.shape == ref_maps.regions.shape == (len(ii), 3, 9)
+    assert maps.words.shape == ref_maps.words.shape == (len(ii), 3, 10)  # the padded length, as before
+    torch.testing.assert_close(maps.regions, ref_maps.regions, **TOL)
+    torch.testing.assert_close(maps.words, ref_maps.words, **TOL)
+    assert maps.words[:, :, 7:].abs().max() == 0  # past the longest caption
+
+
+def test_inference_mode_grid_equals_the_reference_on_a_bigger_grid(kernel_path):
+    """Many captions of mixed lengths (the grid sorts them by length and puts them back)."""
+    model = make("context", inst_dim=64, att_dim=32, sim_dim=48, hidden_dim=40).eval()
+    g = torch.Generator().manual_seed(5)
+    lengths = torch.randint(1, 15, (70,), generator=g).tolist()
+    with torch.inference_mode():
+        img, txt = sides(model, n_img=9, lengths=lengths, pad_to=18, seed=6)
+        grid = model.score_grid(img, txt)
+        ref = reference_fuse(model, img, txt, grid=True)[0]
+    torch.testing.assert_close(grid, ref, **TOL)
+
+
+def test_large_keys_fall_back_to_tanh_and_still_agree():
+    """Keys beyond the exp form's range (here |k| ~ 100) use tanh itself, saturating as tanh does."""
+    model = make("context").eval()
+    with torch.no_grad():
+        model.W_a.weight.mul_(300)
+        model.W_s.weight.mul_(300)
+        img, txt = sides(model)
+        assert img.keys.abs().max() > matchers._EXP_RANGE
+        assert matchers._exp_keys(img.keys) is None
+        ref = reference_fuse(model, img, txt, grid=True)[0]
+        grid = model.score_grid(img, txt)
+        ii, cc = some_pairs(len(img), len(txt))
+        pairs = model.score_pairs(img, txt, ii, cc)
+    assert torch.isfinite(grid).all()
+    torch.testing.assert_close(grid, ref, **TOL)
+    torch.testing.assert_close(pairs, ref[ii, cc], **TOL)
+
+
+def test_grid_with_gradients_equals_the_reference():
+    model = make("context").eval()
+    img, txt = sides(model)
+    grid = model.score_grid(img, txt)
+    assert grid.requires_grad
+    torch.testing.assert_close(grid, reference_fuse(model, img, txt, grid=True)[0], **TOL)
+
+
+# -- gradients (the training path) --------------------------------------------------------
+def _grads(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("attention", ["context", "plain", "uniform"])
+@pytest.mark.parametrize("options", [dict(), dict(score_head="sum", att_scale=3.0),
+                                     dict(local_skip=False, fuse_global=False), dict(global_weight="val")],
+                         ids=["default", "sum,scale", "no-skip,no-global", "weight-on-val"])
+def test_training_gradients_equal_the_reference(attention, options, kernel_path):
+    model = make(attention, **options).train()
+    ii, cc = some_pairs(5, 6, n=40)
+    weights = torch.randn(len(ii), generator=torch.Generator().manual_seed(9))
+
+    def loss_of(score_fn):
+        img, txt = sides(model)  # encoded again each time: gradients reach the projections
+        return (score_fn(img, txt) * weights).sum()
+
+    new = _grads(model, loss_of(lambda img, txt: model.score_pairs(img, txt, ii, cc)))
+    ref = _grads(model, loss_of(lambda img, txt: ref_pairs(model, img, txt, ii, cc)[0]))
+    assert new.keys() == ref.keys()
+    assert "lstm.weight_hh" in new and "region_proj.weight" in new
+    if attention != "uniform":
+        assert {"U_a.weight", "w_a.weight", "W_s.weight"} <= new.keys()
+    for name in ref:
+        torch.testing.assert_close(new[name], ref[name], atol=5e-5, rtol=1e-3, msg=name)
+    assert any(g.abs().max() > 1e-3 for g in ref.values())
+
+
+def test_fused_weights_follow_the_parameters():
+    """Nothing is cached: a parameter changed in place changes the next score."""
+    model = make("context").eval()
+    with torch.no_grad():
+        img, txt = sides(model)
+        before = model.score_grid(img, txt)
+        model.lstm.weight_hh.mul_(1.5)
+        model.U_a.bias.add_(0.5)
+        after = model.score_grid(img, txt)
+        ref = reference_fuse(model, img, txt, grid=True)[0]
+    assert (after - before).abs().max() > 1e-4
+    torch.testing.assert_close(after, ref, **TOL)
+
+
+def test_pair_groups_place_every_pair_in_its_own_slot():
+    index = torch.tensor([2, 0, 2, 2, 1, 0])
+    groups = matchers._Groups(index, 4)
+    assert groups.m == 3 and groups.n == 4
+    assert sorted(groups.slot.tolist()) == sorted(set(groups.slot.tolist()))
+    assert (groups.slot // groups.m).tolist() == index.tolist()
