@@ -18,7 +18,7 @@ from smcli.models import ModelConfig, create_model, matchers
 from smcli.models.matchers import Attention, full_precision
 
 SMALL = dict(inst_dim=32, ctx_dim=16, att_dim=16, sim_dim=32, hidden_dim=32, emb_dim=32,
-             img_dim=40, regions=9, dropout=0.0, emb_dropout=0.0, global_weight="learned")
+             img_dim=40, dropout=0.0, emb_dropout=0.0, global_weight="learned")
 ATT = {"context": "smlstm", "plain": "no-context", "uniform": "mean"}
 TOL = dict(atol=2e-5, rtol=1e-4)
 

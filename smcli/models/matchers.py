@@ -507,7 +507,7 @@ class _PairLogits(torch.autograd.Function):
                 torch.mul(blk, g[..., None], out=dzb)
             dzb.mul_(wf)
             torch.sum(dzb, 1, out=d_query[p0:p1])
-            d_keys.index_add_(0, index[p0:p1], dzb)
+            d_keys.view(len(kf), -1).index_add_(0, index[p0:p1], dzb.view(p1 - p0, -1))  # 2-D: 3-D is slow
         k_dtype, q_dtype, w_dtype = ctx.dtypes
         return d_keys.to(k_dtype), None, None, d_query.to(q_dtype), d_w.to(w_dtype), None
 
