@@ -1,0 +1,359 @@
+"""The sm-LSTM pair-scoring kernel, the previous one against the current one, side by side.
+
+    python bench/bench_kernel.py                      # about 3-4 minutes on a 2-core box
+    python bench/bench_kernel.py --profile            # plus torch.profiler's top operators
+
+Model: the Flickr8k benchmark sizes (smlstm, attention "context", inst 256, att 128, sim 256,
+hidden 256, 3 steps, 7x7 = 49 regions of 1280-d, MiniLM 384-d word pieces, fuse_global,
+local_skip), random weights (speed does not depend on them). Captions: word-piece counts
+drawn from the Flickr8k test split's histogram (mean 12.3, max 35; all captions padded to 35,
+as exhaustive evaluation pads them).
+
+Measures, in one run: the fp32 matmul bound (2048^3); the FLOPs of a pair (by hand from the
+shapes, checked against torch.profiler's count for the previous kernel); exhaustive scoring
+as smcli's exhaustive_scores runs it (caption blocks of 512, image blocks of
+pairs_per_chunk // 512) for both kernels, and for the current one at other chunk sizes; peak
+memory (the rise of the process's peak RSS during the run); a training step (encode_images,
+encode_texts, score_pairs forward and backward on 128 captions with 4 negatives each way =
+1,152 pairs, AdamW) for both kernels. Not a test: the figures depend on the machine and its
+load, which are printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from smcli.models import ModelConfig, create_model
+from smcli.models.matchers import full_precision
+
+REGIONS = 49  # a 7x7 grid
+# MiniLM word pieces per caption, Flickr8k test split (5,000 captions): count of captions with 0, 1, 2, ... pieces
+TEST_PIECES = [0, 0, 1, 7, 24, 58, 121, 265, 367, 423, 477, 553, 491, 477, 397, 332, 270, 226, 159, 110, 78, 46,
+               42, 24, 18, 8, 5, 7, 5, 3, 0, 2, 2, 0, 1, 1]
+
+
+# -- the previous kernel (smcli before the kernel work), for reference ---------------------
+def old_fuse(model, img, txt, *, grid: bool):
+    cfg = model.cfg
+    shape = (len(img), len(txt)) if grid else (len(img),)
+    word_mask = txt.mask.unsqueeze(0) if grid else txt.mask
+    h = img.values.new_zeros(*shape, cfg.hidden_dim)
+    c = torch.zeros_like(h)
+    ctx_a = ctx_s = None
+    if model.attention == "context":
+        ctx_a = old_pair_add(img.ctx_a, txt.ctx_a, grid)
+        ctx_s = old_pair_add(img.ctx_s, txt.ctx_s, grid)
+    outputs, cosines = [], []
+    for _ in range(cfg.steps):
+        if model.attention == "uniform":
+            p = img.values.new_full((*shape, img.values.shape[-2]), 1.0 / img.values.shape[-2])
+            q = word_mask.expand(*shape, -1).to(h.dtype)
+            q = q / q.sum(-1, keepdim=True).clamp(min=1.0)
+        else:
+            qa, qs = model.U_a(h), model.U_s(h)
+            if ctx_a is not None:
+                qa, qs = qa + ctx_a, qs + ctx_s
+            e_a = old_logits(model.w_a, img.keys, qa, grid, images=True)
+            e = old_logits(model.w_s, txt.keys, qs, grid, images=False)
+            if cfg.att_scale > 0:
+                scale = model.att_log_scale.exp()
+                e_a, e = e_a * scale, e * scale
+            p = torch.softmax(e_a, -1)
+            q = torch.softmax(e.masked_fill(~word_mask, float("-inf")), -1)
+        a_sel = old_weighted(p, img.values, grid, images=True)
+        s_sel = old_weighted(q, txt.values, grid, images=False)
+        x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
+        if cfg.local_skip:
+            cosines.append(x.float().sum(-1))
+        h2, c2 = model.lstm(x.reshape(-1, x.shape[-1]), (h.reshape(-1, h.shape[-1]), c.reshape(-1, c.shape[-1])))
+        h, c = h2.reshape(h.shape), c2.reshape(c.shape)
+        outputs.append(h)
+    with full_precision(h):
+        if cfg.score_head == "sum":
+            score = sum(model.head(o.float()).squeeze(-1) for o in outputs)
+        else:
+            score = model.head(h.float()).squeeze(-1)
+        if cfg.local_skip:
+            score = score + torch.stack(cosines).mean(0)
+        if cfg.fuse_global and not (model.training and cfg.global_weight_on_val):
+            glob = img.emb @ txt.emb.T if grid else (img.emb * txt.emb).sum(-1)
+            score = score + model.global_weight * glob
+    return score
+
+
+def old_logits(w, keys, query, grid, images):
+    if not grid:
+        return w(torch.tanh(keys + query.unsqueeze(-2))).squeeze(-1)
+    k = keys.unsqueeze(1) if images else keys.unsqueeze(0)
+    return w(torch.tanh(k + query.unsqueeze(-2))).squeeze(-1)
+
+
+def old_pair_add(img_part, txt_part, grid):
+    return img_part.unsqueeze(1) + txt_part.unsqueeze(0) if grid else img_part + txt_part
+
+
+def old_weighted(weights, values, grid, images):
+    if not grid:
+        return torch.einsum("pk,pkd->pd", weights, values)
+    if images:
+        return torch.einsum("ick,ikd->icd", weights, values)
+    return torch.einsum("ick,ckd->icd", weights, values)
+
+
+KERNELS = {
+    "old": (lambda m, img, txt: old_fuse(m, img, txt, grid=True),
+            lambda m, img, txt, ii, cc: old_fuse(m, img.select(ii), txt.select(cc), grid=False)),
+    "new": (lambda m, img, txt: m.score_grid(img, txt),
+            lambda m, img, txt, ii, cc: m.score_pairs(img, txt, ii, cc)),
+}
+
+
+# -- inputs ---------------------------------------------------------------------------------
+def build_model(train: bool = False):
+    torch.manual_seed(0)
+    cfg = ModelConfig(variant="smlstm", text_encoder="minilm", inst_dim=256, att_dim=128, sim_dim=256,
+                      hidden_dim=256, ctx_dim=256, steps=3, img_dim=1280, local_skip=True,
+                      fuse_global=True, dropout=0.3)
+    model = create_model(cfg)
+    return model.train() if train else model.eval()
+
+
+def make_inputs(n_img: int, n_cap: int, seed: int, pad_to: int = len(TEST_PIECES) - 1):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.tensor(TEST_PIECES, dtype=torch.float64)
+    lengths = torch.multinomial(probs, n_cap, replacement=True, generator=g).clamp(max=pad_to)
+    regions = torch.rand(n_img, REGIONS, 1280, generator=g) * 3  # ReLU6-like activations
+    mask = torch.arange(pad_to)[None] < lengths[:, None]
+    states = torch.randn(n_cap, pad_to, 384, generator=g) * 0.3 * mask[..., None]
+    sentence = F.normalize(torch.randn(n_cap, 384, generator=g), dim=-1)
+    return regions, regions.mean(1), {"states": states, "mask": mask, "sentence": sentence}
+
+
+# -- measurements -----------------------------------------------------------------------------
+def matmul_gflops(n: int = 2048, reps: int = 8) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / min(times) / 1e9
+
+
+def flops_per_pair(cfg: ModelConfig, words: float) -> dict[str, float]:
+    """By hand from the shapes, one pair with ``words`` word pieces (multiply-add = 2 FLOPs)."""
+    R, da, ds, dh, T = REGIONS, cfg.att_dim, cfg.sim_dim, cfg.hidden_dim, cfg.steps
+    lstm = 2 * (ds + dh) * 4 * dh  # W_ih x + W_hh h
+    queries = 2 * 2 * dh * da  # U_a h, U_s h
+    head = 2 * dh * (dh // 2) + 2 * (dh // 2)
+    logits = 3 * (R + words) * da  # add, then w . (multiply-add) over att_dim
+    weighted = 2 * (R + words) * ds
+    total = T * (lstm + queries + logits + weighted) + head
+    matmul = T * (lstm + queries + 2 * (R + words) * da + weighted) + head  # what the profiler counts
+    executed = T * lstm - (2 * dh * 4 * dh) + (T - 1) * queries + head  # the new kernel skips h_0 = 0
+    return {"total": total, "matmul": matmul, "lstm_share": T * lstm / total, "new_matmul": executed}
+
+
+def profiler_flops(model, img, txt) -> float:
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        old_fuse(model, img, txt, grid=True)
+    return sum(e.flops for e in prof.key_averages() if e.flops)
+
+
+class PeakRSS:
+    """Rise of the process's peak resident set (VmHWM, reset through /proc/self/clear_refs)."""
+
+    def __enter__(self):
+        self.ok = True
+        try:
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")
+        except OSError:
+            self.ok = False
+        self.base = _status_kb("VmRSS")
+        return self
+
+    def __exit__(self, *exc):
+        self.mib = (_status_kb("VmHWM") - self.base) / 1024 if self.ok else float("nan")
+
+
+def _status_kb(key: str) -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def exhaustive(model, grid_fn, img, txt, pairs_per_chunk: int, cap_block: int = 512):
+    """exhaustive_scores' loop: caption blocks of ``cap_block``, image blocks of pairs_per_chunk // cap_block."""
+    n_img, n_cap = len(img), len(txt)
+    out = np.empty((n_img, n_cap), dtype=np.float32)
+    cap_block = min(n_cap, cap_block)
+    img_block = max(1, pairs_per_chunk // cap_block)
+    with torch.inference_mode():
+        for c0 in range(0, n_cap, cap_block):
+            t = txt.select(torch.arange(c0, min(c0 + cap_block, n_cap)))
+            for i0 in range(0, n_img, img_block):
+                i1 = min(i0 + img_block, n_img)
+                block = img.select(torch.arange(i0, i1))
+                out[i0:i1, c0:c0 + len(t)] = grid_fn(model, block, t).float().numpy()
+    return out
+
+
+def train_step_times(kernel: str, steps: int, warmup: int = 2, B: int = 128, k: int = 4, n_img: int = 120):
+    """Median time of a training step of the matcher (as `smcli train` runs the re-ranker: the
+    embedding head frozen, negatives given, dropout 0.3 on regions and words)."""
+    model = build_model(train=True)
+    model.embedding.requires_grad_(False)
+    model.embedding.eval()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    regions, glob, batch = make_inputs(n_img, B, seed=11, pad_to=30)
+    g = torch.Generator().manual_seed(12)
+    inv = torch.randint(0, n_img, (B,), generator=g)  # image of each caption
+    neg_c = torch.randint(0, B, (B, k), generator=g)
+    neg_i = torch.randint(0, B, (B, k), generator=g)
+    ar = torch.arange(B)
+    ii = torch.cat([inv, inv.repeat_interleave(k), inv[neg_i.reshape(-1)]])
+    cc = torch.cat([ar, neg_c.reshape(-1), ar.repeat_interleave(k)])
+    pairs_fn = KERNELS[kernel][1]
+    times = []
+    torch.manual_seed(13)
+    for step in range(warmup + steps):
+        t = time.perf_counter()
+        img, txt = model.encode_images(regions, glob), model.encode_texts(batch)
+        s = pairs_fn(model, img, txt, ii, cc).float()
+        pos, s_c, s_i = s[:B], s[B:B + B * k].reshape(B, k), s[B + B * k:].reshape(B, k)
+        hinge = (0.2 - pos[:, None] + s_c).clamp(min=0).amax(1) + (0.2 - pos[:, None] + s_i).clamp(min=0).amax(1)
+        loss = hinge.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step >= warmup:
+            times.append(time.perf_counter() - t)
+    return statistics.median(times), len(ii)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "?"
+
+
+def background() -> str:
+    try:
+        out = subprocess.run(["pgrep", "-fa", "smcli (train|retrieve|extract-regions|score)"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    return "; ".join(line.split(" ", 1)[1][:90] for line in out.splitlines()) or "none"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=48, help="images of the scored grid")
+    ap.add_argument("--captions", type=int, default=1024, help="captions of the scored grid")
+    ap.add_argument("--chunks", type=int, nargs="+", default=[1024, 4096, 16384],
+                    help="pairs per chunk tried with the new kernel (4096: smcli's CPU default, also run with the old)")
+    ap.add_argument("--train-steps", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of each kernel")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    amx = "amx_bf16" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
+    print(f"# bench/bench_kernel.py on {cpu_model()} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}"
+          f"{', AMX-BF16' if amx else ''}); precision fp32")
+    print(f"# load average at start {os.getloadavg()[0]:.2f}; other smcli jobs: {background()}")
+    bound = matmul_gflops()
+    print(f"matmul bound: {bound:.1f} GFLOP/s (2048^3 fp32, best of 8)")
+
+    model = build_model()
+    cfg = model.cfg
+    mean_words = float(np.dot(np.arange(len(TEST_PIECES)), TEST_PIECES) / sum(TEST_PIECES))
+    fl = flops_per_pair(cfg, mean_words)
+    regions, glob, batch = make_inputs(args.images, args.captions, seed=1)
+    with torch.inference_mode():
+        img, txt = model.encode_images(regions, glob), model.encode_texts(batch)
+        small_img, small_txt = img.select(torch.arange(2)), txt.select(torch.arange(64))
+    L = txt.mask.shape[1]
+    by_hand = flops_per_pair(cfg, L)["matmul"]
+    measured = profiler_flops(model, small_img, small_txt) / (2 * 64)
+    print(f"FLOPs per pair ({mean_words:.1f} word pieces): {fl['total'] / 1e6:.3f} M "
+          f"({fl['lstm_share']:.0%} LSTM); matrix products of the old kernel with captions padded to {L}: "
+          f"{by_hand / 1e6:.3f} M by hand, {measured / 1e6:.3f} M by torch.profiler; the new kernel's matrix "
+          f"products: {fl['new_matmul'] / 1e6:.3f} M (no products of h_0 = 0)")
+
+    with torch.inference_mode():
+        ref = KERNELS["old"][0](model, small_img, small_txt)
+        new = KERNELS["new"][0](model, small_img, small_txt)
+    print(f"max |new - old| score on 128 pairs: {float((new - ref).abs().max()):.2e}")
+
+    n_pairs = len(img) * len(txt)
+    print(f"\nexhaustive scoring, {len(img)} images x {len(txt)} captions = {n_pairs:,} pairs, caption blocks of 512")
+    print("| kernel | pairs/chunk | seconds | pairs/s | GFLOP/s (model FLOPs) | % of matmul bound | peak RSS rise |")
+    print("|---|---|---|---|---|---|---|")
+    runs = [("old", 4096)] + [("new", c) for c in args.chunks]
+    scores = {}
+    for kernel, chunk in runs:
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            scores[kernel, chunk] = exhaustive(model, KERNELS[kernel][0], img, txt, chunk)
+            dt = time.perf_counter() - t
+        rate = n_pairs / dt
+        gflops = rate * fl["total"] / 1e9
+        print(f"| {kernel} | {chunk:,} | {dt:.1f} | {rate:,.0f} | {gflops:.1f} | {gflops / bound:.0%} | "
+              f"{mem.mib:,.0f} MiB |", flush=True)
+    base = scores["old", 4096]
+    diff = max(float(np.abs(s - base).max()) for s in scores.values())
+    top = {key: np.argsort(-s, 1, kind="stable")[:, :10] for key, s in scores.items()}
+    same = np.mean([np.array_equal(top[key][i], top["old", 4096][i]) for key in top for i in range(len(img))])
+    print(f"max |new - old| score over the grid: {diff:.2e}; images whose top-10 captions (in order) are the "
+          f"same as the old kernel's: {same:.1%}")
+
+    print("\ntraining step (encode + score_pairs forward/backward + AdamW), 128 captions x (1 + 4 + 4) pairs")
+    print("| kernel | median step | pairs/s |")
+    print("|---|---|---|")
+    step_times = {}
+    for kernel in ("old", "new"):
+        med, n = train_step_times(kernel, args.train_steps)
+        step_times[kernel] = med
+        print(f"| {kernel} | {med * 1000:.0f} ms | {n / med:,.0f} |", flush=True)
+    print(f"training step speed-up: {step_times['old'] / step_times['new']:.2f}x")
+    print(f"# load average at end {os.getloadavg()[0]:.2f}; other smcli jobs: {background()}")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        block, t = img.select(torch.arange(8)), txt.select(torch.arange(512))
+        for kernel in ("old", "new"):
+            fn = KERNELS[kernel][0]
+            with torch.inference_mode():
+                fn(model, block, t)
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    fn(model, block, t)
+            print(f"\n{kernel} kernel, one 8 x 512 chunk:")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+if __name__ == "__main__":
+    main()
