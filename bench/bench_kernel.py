@@ -213,7 +213,8 @@ def exhaustive(model, grid_fn, img, txt, pairs_per_chunk: int, cap_block: int = 
     return out
 
 
-def train_step_times(kernel: str, steps: int, warmup: int = 2, B: int = 128, k: int = 4, n_img: int = 120):
+def train_step_times(kernel: str, steps: int, warmup: int = 2, B: int = 128, k: int = 4, n_img: int = 120,
+                     profile: bool = False):
     """Median time of a training step of the matcher (as `smcli train` runs the re-ranker: the
     embedding head frozen, negatives given, dropout 0.3 on regions and words)."""
     model = build_model(train=True)
@@ -231,7 +232,12 @@ def train_step_times(kernel: str, steps: int, warmup: int = 2, B: int = 128, k: 
     pairs_fn = KERNELS[kernel][1]
     times = []
     torch.manual_seed(13)
-    for step in range(warmup + steps):
+    prof = None
+    for step in range(warmup + steps + (1 if profile else 0)):
+        if step == warmup + steps:  # one more step, profiled (not timed)
+            from torch.profiler import ProfilerActivity
+            prof = torch.profiler.profile(activities=[ProfilerActivity.CPU])
+            prof.__enter__()
         t = time.perf_counter()
         img, txt = model.encode_images(regions, glob), model.encode_texts(batch)
         s = pairs_fn(model, img, txt, ii, cc).float()
@@ -241,8 +247,12 @@ def train_step_times(kernel: str, steps: int, warmup: int = 2, B: int = 128, k: 
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step >= warmup:
+        if warmup <= step < warmup + steps:
             times.append(time.perf_counter() - t)
+    if prof is not None:
+        prof.__exit__(None, None, None)
+        print(f"\n{kernel} kernel, one training step:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
     return statistics.median(times), len(ii)
 
 
@@ -270,7 +280,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=48, help="images of the scored grid")
     ap.add_argument("--captions", type=int, default=1024, help="captions of the scored grid")
-    ap.add_argument("--chunks", type=int, nargs="+", default=[1024, 4096, 16384],
+    ap.add_argument("--chunks", type=int, nargs="+", default=[1024, 4096, 16384],  # at most images x 512 apply
                     help="pairs per chunk tried with the new kernel (4096: smcli's CPU default, also run with the old)")
     ap.add_argument("--train-steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=None)
@@ -335,7 +345,7 @@ def main() -> None:
     print("|---|---|---|")
     step_times = {}
     for kernel in ("old", "new"):
-        med, n = train_step_times(kernel, args.train_steps)
+        med, n = train_step_times(kernel, args.train_steps, profile=args.profile)
         step_times[kernel] = med
         print(f"| {kernel} | {med * 1000:.0f} ms | {n / med:,.0f} |", flush=True)
     print(f"training step speed-up: {step_times['old'] / step_times['new']:.2f}x")
