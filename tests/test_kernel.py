@@ -264,3 +264,27 @@ def test_pair_groups_place_every_pair_in_its_own_slot():
     assert groups.m == 3 and groups.n == 4
     assert sorted(groups.slot.tolist()) == sorted(set(groups.slot.tolist()))
     assert (groups.slot // groups.m).tolist() == index.tolist()
+
+
+@pytest.mark.parametrize("attention", ["context", "plain", "uniform"])
+def test_bf16_autocast_runs_and_stays_close_to_the_reference(attention):
+    """Under bf16 autocast (the default on CPUs with AVX512-BF16) matrix products run in bf16
+    in both kernels; the attention here stays in fp32. Scores agree to bf16 precision."""
+    model = make(attention)
+    ii, cc = some_pairs(5, 6, n=40)
+    with torch.no_grad():
+        img, txt = sides(model.eval())
+        exact = reference_fuse(model, img, txt, grid=True)[0]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        img, txt = sides(model)
+        grid = model.score_grid(img, txt)
+        pairs = model.score_pairs(img, txt, ii, cc)
+    torch.testing.assert_close(grid.float(), exact, atol=2e-2, rtol=0)
+    torch.testing.assert_close(pairs.float(), exact[ii, cc], atol=2e-2, rtol=0)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        img, txt = sides(model)
+        loss = model.score_pairs(img, txt, ii, cc).float().sum()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert model.lstm.weight_hh.grad.abs().max() > 0

@@ -308,7 +308,7 @@ class SmLSTM(Matcher):
                 x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
                 if hp is None:
                     gates = torch.addmm(b_h[:4 * dh], x.reshape(n_pairs, -1), w_x.T)
-                elif track:
+                elif track or not hp.dtype == x.dtype == w_x.dtype:  # (autocast: dtypes differ)
                     gates = torch.addmm(hp[:, :4 * dh], x.reshape(n_pairs, -1), w_x.T)
                 else:  # in place, into the recurrent part (no copy of it)
                     gates = hp[:, :4 * dh].addmm_(x.reshape(n_pairs, -1), w_x.T)
