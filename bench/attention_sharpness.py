@@ -3,7 +3,7 @@
     python bench/attention_sharpness.py runs/flickr8k/model-smlstm \
         --regions runs/flickr8k/feats.parquet --captions runs/flickr8k/captions.parquet
 
-For every step of every pair (smcli.explain.explain_pair, the maps `smcli explain` draws):
+For every step of every pair (smcli.inference.explain.explain_pair, the maps `smcli explain` draws):
 the largest weight times the number of instances (1.0 = uniform attention) and the entropy
 as a fraction of the uniform distribution's (1.0 = uniform), for regions and for words,
 averaged over the pairs. A model that selects instances as the paper's pictures show has a
@@ -17,10 +17,9 @@ import argparse
 import numpy as np
 import pyarrow.parquet as pq
 
-from smcli import explain
-from smcli.search import tasks
-from smcli.search.inputs import resolve_images
-from smcli.search.session import MatchSession
+from smcli.inference import explain, tasks
+from smcli.inference.inputs import resolve_images
+from smcli.inference.matcher import MatchModel
 
 
 def sharpness(weights: np.ndarray) -> tuple[float, float]:
@@ -40,13 +39,13 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=25, help="use every Nth caption of the split")
     args = ap.parse_args()
 
-    session = MatchSession(args.model, device="cpu", precision="fp32")
+    session = MatchModel(args.model, device="cpu", precision="fp32")
     feats = tasks.load_features(session, args.regions)
     rows = pq.read_table(args.captions, columns=["image_id", "caption", "split"]).to_pylist()
     rows = [r for r in rows if r["split"] == args.split][:: args.every]
     regions, words = [], []
     for r in rows:
-        images = resolve_images([r["image_id"]], feats, session.loaded.info.features)
+        images = resolve_images([r["image_id"]], feats, session.features)
         ex = explain.explain_pair(session, images, r["caption"])
         regions.append(sharpness(ex.region_maps.reshape(ex.steps, -1)))
         words.append(sharpness(ex.piece_weights))

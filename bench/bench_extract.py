@@ -44,7 +44,8 @@ def load_avg() -> str:
 
 
 def throughput(args) -> None:
-    from smcli.images.extract import cpu_cores, default_workers
+    from smcli.images.extract import default_workers
+    from smcli.runtime import cpu_cores
 
     paths = sorted(Path(args.images).glob("*.jpg"))[: args.n]
     if len(paths) < args.n:
@@ -112,7 +113,7 @@ def _forward(args) -> None:
 
     from smcli.images.backbones import load_backbone
     from smcli.images.decode import load_image
-    from smcli.images.extract import tune_malloc
+    from smcli.runtime import tune_malloc
 
     tune_malloc()  # as extract-regions does
     paths = Path(args.images).read_text().split()

@@ -6,7 +6,7 @@ build time, disk, memory and per-query latency for synthetic galleries of N imag
     python bench/bench_gallery.py --model runs/m1 --tmp /big/disk --keep
 
 For each N, in two fresh processes (so that each peak RSS is that step's own):
-  build  a gallery directory written with smcli.search.index.save_gallery, without any
+  build  a gallery directory written with smcli.inference.gallery.save_gallery, without any
          regions file: seeded synthetic one-to-one embeddings (unit vectors around 1,024
          random centres in 32 groups: real image embeddings cluster; isotropic random
          vectors do not, and give IVF an unrealistically low recall) and per-image
@@ -14,11 +14,11 @@ For each N, in two fresh processes (so that each peak RSS is that step's own):
          random region feature maps and repeated, streamed chunk by chunk (memory stays
          bounded); faiss index kind "auto" (exact up to 200k images, IVF-SQ8 above)
          unless --kind. Then every file is fsynced (counted in the build time).
-  query  opens the gallery once (smcli.search.tasks.open_index), then runs --queries
-         Flickr-like text queries one at a time through smcli.search.tasks.query_index,
+  query  opens the gallery once (smcli.inference.tasks.open_index), then runs --queries
+         Flickr-like text queries one at a time through smcli.inference.tasks.query_index,
          the code smcli retrieve --index runs: (a) MiniLM text encoding, (b) faiss
          shortlist of --shortlist, (c) reading the shortlisted images' tensors (one
-         pread per image and tensor file: smcli.search.index.read_rows), (d) sm-LSTM
+         pread per image and tensor file: smcli.inference.gallery.read_rows), (d) sm-LSTM
          re-rank of the shortlist. One warm-up query first (it loads MiniLM).
          Two passes: "as built" (the page cache holds whatever the build left there; a
          gallery larger than RAM is then partly on disk) and "cold" (before each query
@@ -59,9 +59,9 @@ CENTRES = 1024  # clusters of the synthetic embeddings
 SUPER = 32  # groups of clusters
 STEPS = ("encode", "shortlist", "read", "rerank")
 
+REGIONS = 49  # a 7x7 grid
 BENCH_CONFIG = dict(variant="smlstm", text_encoder="minilm", inst_dim=256, sim_dim=256, att_dim=128,
-                    hidden_dim=256, emb_dim=1024, local_skip=True, fuse_global=True, img_dim=1280,
-                    regions=49)
+                    hidden_dim=256, emb_dim=1024, local_skip=True, fuse_global=True, img_dim=1280)
 
 SUBJECTS = ["a black dog", "a brown dog", "two dogs", "a little girl", "a young boy", "two children",
             "a man in a red shirt", "a woman in a blue dress", "a group of people", "a skier",
@@ -203,7 +203,7 @@ def random_model(directory: Path, seed: int) -> Path:
 
 def side_bytes_per_image(cfg) -> int:
     """Bytes of the float16 per-image tensors of an sm-LSTM of ``cfg``."""
-    r, da, ds = cfg.regions, cfg.att_dim, cfg.sim_dim
+    r, da, ds = REGIONS, cfg.att_dim, cfg.sim_dim
     if not cfg.many_to_many:
         return 0
     if cfg.variant == "mean":
@@ -216,7 +216,7 @@ def side_bytes_per_image(cfg) -> int:
 def disk_needed(n: int, cfg, kind: str) -> float:
     """Bytes a gallery of n images needs while it is built (the float32 embeddings are
     written, then an exact index is written beside them before they are deleted)."""
-    from smcli.search.index import index_spec
+    from smcli.inference.gallery import index_spec
 
     spec = index_spec(n, kind)
     emb = 4 * cfg.emb_dim
@@ -258,7 +258,7 @@ def side_pool(session, seed: int) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {}
     for _ in range(0, POOL, 256):
         # CNN region features are non-negative (after a ReLU); their mean is the global one
-        regions = np.abs(rng.standard_normal((256, cfg.regions, cfg.img_dim), dtype=np.float32))
+        regions = np.abs(rng.standard_normal((256, REGIONS, cfg.img_dim), dtype=np.float32))
         with torch.inference_mode(), autocast(session.device, session.precision):
             side = session.model.encode_images(torch.from_numpy(regions),
                                                torch.from_numpy(regions.mean(1)))
@@ -271,11 +271,11 @@ def side_pool(session, seed: int) -> dict[str, np.ndarray]:
 
 def child_build(args) -> dict:
     """Write the synthetic gallery of args.n images to args.gallery."""
-    from smcli.search.index import save_gallery
-    from smcli.search.session import MatchSession
+    from smcli.inference.gallery import save_gallery
+    from smcli.inference.matcher import MatchModel
 
     set_threads(args.threads)
-    session = MatchSession(args.model, device="cpu", precision=args.precision)
+    session = MatchModel(args.model, device="cpu", precision=args.precision)
     cfg = session.loaded.config
     n, chunk = args.n, args.chunk
     t0 = time.perf_counter()
@@ -297,7 +297,7 @@ def child_build(args) -> dict:
     ids = [f"syn{i:07d}" for i in range(n)]
     paths = [f"synthetic/{i:07d}.jpg" for i in range(n)]
     meta = {"model_hash": session.loaded.hash, "model": session.name,
-            "features": session.loaded.info.features, "synthetic": True, "seed": args.seed}
+            "features": session.features, "synthetic": True, "seed": args.seed}
     out = Path(args.gallery)
     t1 = time.perf_counter()
     save_gallery(out, meta=meta, image_ids=ids, paths=paths, embeddings=None, side_chunks=chunks(),
@@ -331,7 +331,7 @@ def drop_from_cache(files: list[Path]) -> None:
 
 def exact_top(source, q: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k rows by inner product, streaming ``source`` [N, d] in chunks."""
-    from smcli.search.index import read_range
+    from smcli.inference.gallery import read_range
 
     best_s = np.full((len(q), 0), -np.inf, np.float32)
     best_i = np.zeros((len(q), 0), np.int64)
@@ -349,14 +349,14 @@ def child_query(args) -> dict:
     """Open the gallery once, time the queries, then check the shortlist's recall."""
     import torch
 
+    from smcli.inference import tasks
+    from smcli.inference.gallery import FAISS_FILE, search
+    from smcli.inference.matcher import MatchModel
     from smcli.models import minilm
-    from smcli.search import tasks
-    from smcli.search.index import FAISS_FILE, search
-    from smcli.search.session import MatchSession
 
     set_threads(args.threads)
     gallery = Path(args.gallery)
-    session = MatchSession(args.model, device="cpu", precision=args.precision)
+    session = MatchModel(args.model, device="cpu", precision=args.precision)
     cfg = session.loaded.config
     rss_before = rss_mb()
     t0 = time.perf_counter()
@@ -402,7 +402,7 @@ def child_query(args) -> dict:
     k = args.shortlist
     if saved.meta["index"]["kind"] != "flat":
         with torch.inference_mode():
-            q_text = session.texts([str(i) for i in range(len(texts))], texts, cache=False).side.emb
+            q_text = session.encode_texts([str(i) for i in range(len(texts))], texts, cache=False).side.emb
         probes = synthetic_embeddings(centres(cfg.emb_dim, args.seed), 50,
                                       np.random.default_rng([args.seed, 9]))
         source = saved.sides.get("emb")
@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_model(model).config
         note += (f"; {cfg.variant}, {cfg.text_encoder}, inst {cfg.inst_dim}, sim {cfg.sim_dim}, "
                  f"att {cfg.att_dim}, hidden {cfg.hidden_dim}, emb {cfg.emb_dim}, T {cfg.steps}, "
-                 f"{cfg.regions} regions x {cfg.img_dim}; synthetic gallery (seed {args.seed})")
+                 f"{REGIONS} regions x {cfg.img_dim}; synthetic gallery (seed {args.seed})")
         for n in args.sizes:
             need = disk_needed(n, cfg, args.kind)
             free = shutil.disk_usage(work).free

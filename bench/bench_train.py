@@ -22,8 +22,8 @@ import time
 
 import torch
 
+from smcli.dataset import load_matching_data
 from smcli.models.config import ModelConfig
-from smcli.training.data import load_matching_data
 from smcli.training.trainer import Trainer, TrainOptions
 
 

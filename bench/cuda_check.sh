@@ -30,7 +30,7 @@ python3 - <<'PY'
 # exhaustive scoring speed at Flickr8k test size (1,000 x 5,000) with the benchmark dims
 import time, torch
 from smcli.models import ModelConfig, create_model
-from smcli.evaluation.scoring import exhaustive_scores
+from smcli.inference.scoring import exhaustive_scores
 from smcli.runtime import autocast
 cfg = ModelConfig(variant="smlstm", text_encoder="minilm", inst_dim=256, sim_dim=256, att_dim=128, hidden_dim=256,
                   local_skip=True, fuse_global=True)

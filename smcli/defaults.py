@@ -2,7 +2,8 @@
 
 Each setting comes from, in order: the command-line flag; an environment variable
 (``SMCLI_MODEL``, ``SMCLI_REGIONS``, ``SMCLI_CAPTIONS``, ``SMCLI_INDEX``); the nearest
-``smcli.toml`` in the current directory or a parent, e.g.::
+``smcli.toml`` in the current directory or a parent; for the model last of all, the
+default pretrained model shipped with smcli (said once on stderr). For example::
 
     # smcli.toml
     model = "demo-out/model"
@@ -45,7 +46,13 @@ def load_config(start: Path | None = None) -> tuple[dict[str, str], Path | None]
         if key in raw:
             p = Path(str(raw[key]))
             out[key] = str(p if p.is_absolute() else path.parent / p)
+            if key == "model" and _is_name(str(raw[key])) and not Path(out[key]).exists():
+                out[key] = str(raw[key])  # a pretrained model's name, not a path
     return out, path
+
+
+def _is_name(value: str) -> bool:
+    return "/" not in value and "\\" not in value and not value.startswith(".")
 
 
 def resolve(key: str, flag_value: str | None, *, required: bool = True, flag: str | None = None) -> str | None:
@@ -58,16 +65,16 @@ def resolve(key: str, flag_value: str | None, *, required: bool = True, flag: st
     config, _ = load_config()
     if key in config:
         return config[key]
+    if key == "model":
+        from smcli.models import pretrained
+
+        if pretrained.DEFAULT in pretrained.available():
+            from smcli.report import say
+
+            say("model", f"no model given: using the pretrained {pretrained.DEFAULT} model (smcli models "
+                         f"--info {pretrained.DEFAULT}; --model, $SMCLI_MODEL or {CONFIG_NAME} to choose)")
+            return pretrained.DEFAULT
     if required:
         flag = flag or f"--{key}"
         raise UsageError(f"no {key} given: use {flag}, set SMCLI_{key.upper()}, or name it in {CONFIG_NAME}")
     return None
-
-
-def write_config(path: Path, values: dict[str, str], marker: str) -> bool:
-    """Write smcli.toml unless a different one (not carrying ``marker``) is already there."""
-    if path.exists() and marker not in path.read_text(encoding="utf-8", errors="replace"):
-        return False
-    lines = [f"# {marker}"] + [f'{k} = "{v}"' for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return True

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_ERROR = 1  # bad input, incompatible files, a failed run
-EXIT_USAGE = 2  # bad arguments, a command that is not implemented
+EXIT_USAGE = 2  # bad arguments or options that do not make sense together
 EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (like SIGPIPE); typer and rich exit 1
 
@@ -23,3 +22,10 @@ class UsageError(SmcliError):
     """Arguments that do not make sense together."""
 
     exit_code = EXIT_USAGE
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its
+    type's name when it has none: what a one-line error quotes of a library's exception."""
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:limit]

@@ -1,8 +1,13 @@
-"""Devices and numeric precision, decided once for every command that runs a model."""
+"""The machine a command runs on: devices, numeric precision, threads and the allocator.
+
+Decided once here for every command that runs a network or a model.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 
 from smcli.errors import UsageError
 
@@ -10,16 +15,26 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` -> cuda when present, else cpu; an unavailable cuda is a usage error."""
+    """``auto`` -> cuda when present, else cpu; ``cpu``, ``cuda`` and ``cuda:N`` as given.
+    A CUDA device that is not there is a usage error."""
     import torch
 
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available here")
-    if name not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name}: choose auto, cpu or cuda")
-    return name
+    if name == "cpu":
+        return name
+    if name == "cuda" or name.startswith("cuda:") and name[5:].isdigit():
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA device is available here (use --device cpu or auto)")
+        if ":" in name and int(name[5:]) >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+        return name
+    raise UsageError(f"--device {name}: choose auto, cpu, cuda or cuda:N")
+
+
+def device_type(device: str) -> str:
+    """"cuda" for "cuda:1", as torch.autocast wants it."""
+    return device.split(":", 1)[0]
 
 
 def resolve_precision(precision: str, device: str) -> str:
@@ -31,7 +46,7 @@ def resolve_precision(precision: str, device: str) -> str:
         raise UsageError(f"--precision {precision}: choose one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    if device == "cuda":
+    if device_type(device) == "cuda":
         return "bf16"
     return "bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32"
 
@@ -41,5 +56,53 @@ def autocast(device: str, precision: str):
     import torch
 
     if precision == "bf16":
-        return torch.autocast(device, dtype=torch.bfloat16)
+        return torch.autocast(device_type(device), dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch's intra-op threads: ``threads``, or one per core."""
+    import torch
+
+    torch.set_num_threads(threads or cpu_cores())
+
+
+@contextlib.contextmanager
+def one_thread(enabled: bool = True):
+    """Torch on one thread for a while (thread counts change float rounding in oneDNN)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if enabled:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if enabled:
+            torch.set_num_threads(before)
+
+
+def tune_malloc() -> None:
+    """Keep freed memory in the heap instead of returning it to the OS after every batch.
+
+    glibc serves the network's large activations with mmap and unmaps them when freed, so
+    every forward pass page-faults its whole working set again: on a 2-core machine that
+    was ~30% of the CPU time in system calls. Raising the mmap and trim thresholds makes
+    the allocator reuse the memory: same results, ~1.5x the images/s, a flat RSS.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 1 << 30)
+        libc.mallopt(m_trim_threshold, 1 << 31)
+    except (OSError, AttributeError):  # not glibc
+        pass

@@ -25,8 +25,8 @@ from typing import IO, Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from smcli import __version__
-from smcli.errors import InputError, SmcliError, UsageError
+from smcli._version import __version__
+from smcli.errors import InputError, SmcliError, UsageError, first_line
 
 META_KEY = b"smcli"
 PARQUET_MAGIC = b"PAR1"
@@ -154,12 +154,7 @@ def _open_parquet(path: str | os.PathLike) -> tuple[pq.ParquetFile, IO[bytes] | 
     try:
         return pq.ParquetFile(source), spool
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{name}: unreadable Parquet ({_first_line(exc)}); truncated?") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+        raise InputError(f"{name}: unreadable Parquet ({first_line(exc)}); truncated?") from None
 
 
 def open_any(path: str | os.PathLike) -> StageInput:

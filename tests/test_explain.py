@@ -49,7 +49,6 @@ def models(feats, tmp_path_factory):
                                    ("cca", "cca", "minilm")]:
         torch.manual_seed(0)
         cfg = ModelConfig(variant=variant, text_encoder=encoder, img_dim=int(meta["dim"]),
-                          regions=int(meta["grid"][0]) * int(meta["grid"][1]),
                           vocab_size=len(vocab), **SMALL)
         model = create_model(cfg)
         if variant == "smlstm":  # sharper than random-init attention, so the maps differ
@@ -63,14 +62,14 @@ def models(feats, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smlstm_explanation(models, feats):
-    from smcli.explain import explain_pair
     from smcli.images.features import load_regions
-    from smcli.search.inputs import resolve_images
-    from smcli.search.session import MatchSession
+    from smcli.inference.explain import explain_pair
+    from smcli.inference.inputs import resolve_images
+    from smcli.inference.matcher import MatchModel
 
-    session = MatchSession(models["smlstm"], device="cpu", precision="fp32")
+    session = MatchModel(models["smlstm"], device="cpu", precision="fp32")
     regions = load_regions(feats)
-    images = resolve_images([IMAGES[0]], regions, session.loaded.info.features)
+    images = resolve_images([IMAGES[0]], regions, session.features)
     return session, images, explain_pair(session, images, CAPTION)
 
 
@@ -101,20 +100,21 @@ def test_word_pieces_are_merged_into_the_caption_words(smlstm_explanation):
 def test_score_is_the_score_the_search_commands_give(smlstm_explanation, tmp_path, monkeypatch):
     monkeypatch.setenv("SMCLI_CACHE_DIR", str(tmp_path))
     session, images, ex = smlstm_explanation
-    gallery = session.gallery(images.image_ids, images.paths, images.regions, images.global_)
-    texts = session.texts(["c"], [CAPTION])
+    gallery = session.encode_images(images.image_ids, images.paths, images.regions, images.global_)
+    texts = session.encode_texts(["c"], [CAPTION])
     score = session.score_pairs(gallery, texts, np.array([0]), np.array([0]))[0]
     assert ex.score == pytest.approx(score, abs=1e-5)
 
 
 def test_mean_variant_is_uniform_and_said_so(models, feats):
-    from smcli.explain import NO_SELECTION, compose_html, explain_pair, load_photo
     from smcli.images.features import load_regions
-    from smcli.search.inputs import resolve_images
-    from smcli.search.session import MatchSession
+    from smcli.inference.explain import NO_SELECTION, explain_pair
+    from smcli.inference.inputs import resolve_images
+    from smcli.inference.matcher import MatchModel
+    from smcli.render.saliency import compose_html, load_photo
 
-    session = MatchSession(models["mean"], device="cpu", precision="fp32")
-    images = resolve_images([IMAGES[1]], load_regions(feats), session.loaded.info.features)
+    session = MatchModel(models["mean"], device="cpu", precision="fp32")
+    images = resolve_images([IMAGES[1]], load_regions(feats), session.features)
     ex = explain_pair(session, images, "A dog runs in the zyzzyva")
     assert not ex.selective
     assert np.allclose(ex.region_maps, 1 / 49)
@@ -129,7 +129,7 @@ def test_one_to_one_models_are_refused_by_the_library():
     from types import SimpleNamespace
 
     from smcli.errors import InputError
-    from smcli.explain import require_attention
+    from smcli.inference.explain import require_attention
 
     session = SimpleNamespace(name="m/", loaded=SimpleNamespace(config=SimpleNamespace(variant="cca")))
     with pytest.raises(InputError, match=r"explain needs an attention model .*; m/ is cca"):
@@ -142,7 +142,7 @@ def test_one_to_one_models_are_refused_by_the_library():
 def test_png_has_one_panel_per_step(models, feats, tmp_path):
     from PIL import Image
 
-    from smcli.explain import COLUMNS, GAP, MARGIN, PANEL_W
+    from smcli.render.saliency import COLUMNS, GAP, MARGIN, PANEL_W
 
     out = tmp_path / "why.png"
     rc, _, err = run_main("explain", "--model", models["smlstm"], "--regions", feats, "--image", IMAGES[0],

@@ -1,4 +1,4 @@
-"""The faiss index kinds and the saved gallery (smcli.search.index), without a model."""
+"""The faiss index kinds and the saved gallery (smcli.inference.gallery), without a model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from smcli.search.index import (
+from smcli.inference.gallery import (
     FLAT_UP_TO,
     IVF_NPROBE,
     build_faiss,

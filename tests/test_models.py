@@ -11,7 +11,7 @@ from smcli.models.factory import ModelInfo
 from smcli.text.vocab import Vocab
 
 SMALL = dict(inst_dim=32, ctx_dim=16, att_dim=16, sim_dim=32, hidden_dim=32, emb_dim=32,
-             word_dim=24, lstm_dim=32, img_dim=40, regions=9, vocab_size=50, dropout=0.0)
+             word_dim=24, lstm_dim=32, img_dim=40, vocab_size=50, dropout=0.0)
 ATTENTION_VARIANTS = ("smlstm", "no-context", "mean")
 LEARNED_VARIANTS = ("smlstm", "no-context", "mean", "vse")
 
@@ -157,7 +157,7 @@ def test_cca_finds_the_shared_direction():
 
 @pytest.mark.parametrize("n_img,n_txt", [(12, 9), (2, 9), (12, 2)])
 def test_pair_lists_score_as_the_grid_whatever_their_grouping(n_img, n_txt):
-    from smcli.evaluation.scoring import score_pair_list
+    from smcli.inference.scoring import score_pair_list
 
     model = make("smlstm", local_skip=True, fuse_global=True)
     r, g = images(12)

@@ -19,6 +19,7 @@ from smcli.cli import train as _train  # noqa: E402,F401
 from smcli.cli import search as _search  # noqa: E402,F401
 from smcli.cli import inspect as _inspect  # noqa: E402,F401
 from smcli.cli import explain as _explain  # noqa: E402,F401
+from smcli.cli import models as _models  # noqa: E402,F401
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
 
     import typer
 
-    from smcli.errors import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, SmcliError
+    from smcli.errors import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, SmcliError, first_line
 
     try:  # typer >= 0.2x vendors click as typer._click; older versions use click itself
         from typer._click import exceptions as click_exc
@@ -60,16 +61,11 @@ def main() -> None:
             sys.exit(EXIT_BROKEN_PIPE)
         # A file system problem (permission denied, disk full, missing directory): one line.
         where = f": {exc.filename}" if exc.filename else ""
-        _stderr_line(f"smcli: error: {exc.strerror or _first_line(exc)}{where}")
+        _stderr_line(f"smcli: error: {exc.strerror or first_line(exc)}{where}")
         sys.exit(EXIT_ERROR)
     if rv == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
         _stderr_line("smcli: interrupted")
     sys.exit(rv if isinstance(rv, int) else 0)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _stderr_line(line: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from smcli import __version__
+from smcli._version import __version__
 
 app = typer.Typer(
     name="smcli",
@@ -35,12 +35,6 @@ def _root(
     ),
 ) -> None:
     """sm-LSTM image-sentence matching as Parquet pipeline stages."""
-
-
-def not_implemented(command: str) -> None:
-    from smcli.errors import UsageError
-
-    raise UsageError(f"{command}: not implemented yet")
 
 
 OUTPUT_HELP = "Output file; '-' or omitted in a pipe means stdout. Parquet is never written to a terminal."

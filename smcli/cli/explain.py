@@ -39,28 +39,29 @@ def explain_cmd(
         raise UsageError(f"-o {output}: give a .png or .html file (or --html)")
     as_html = html or suffix in (".html", ".htm")
 
-    from smcli import explain as lib
-    from smcli.search import tasks
-    from smcli.search.inputs import resolve_images
-    from smcli.search.session import MatchSession
+    from smcli.inference import explain as maps
+    from smcli.inference import tasks
+    from smcli.inference.inputs import resolve_images
+    from smcli.inference.matcher import MatchModel
+    from smcli.render import saliency
 
-    session = MatchSession(resolve("model", model), device=device, precision=precision)
-    lib.require_attention(session)
+    matcher = MatchModel(resolve("model", model), device=device, precision=precision)
+    maps.require_attention(matcher)
     reg_path = resolve("regions", regions, required=False)
-    feats = tasks.load_features(session, reg_path) if reg_path else None
+    feats = tasks.load_features(matcher, reg_path) if reg_path else None
     from_regions = feats is not None and image in feats.index()
     photo_path = feats.paths[feats.index()[image]] if from_regions else image
     if from_regions and not Path(photo_path).is_file():
         # paths in a regions file are as extract-regions was given them: relative ones are
         # read from the current directory
         raise InputError(f"--image {image}: image file {photo_path} (path stored in {feats.name}) not found")
-    images = resolve_images([image], feats, session.loaded.info.features)  # unknown ids: one line
-    photo = lib.load_photo(photo_path)
-    ex = lib.explain_pair(session, images, caption)
+    images = resolve_images([image], feats, matcher.features)  # unknown ids: one line
+    photo = saliency.load_photo(photo_path)
+    ex = maps.explain_pair(matcher, images, caption)
     ex.image_path = photo_path
-    render = lib.render_html if as_html else lib.render_png
+    render = saliency.render_html if as_html else saliency.render_png
     render(ex, photo_path, out, photo=photo)
     kind = "HTML" if as_html else "PNG"
-    selection = f"; {lib.NO_SELECTION}" if not ex.selective else ""
+    selection = f"; {maps.NO_SELECTION}" if not ex.selective else ""
     say("explain", f"score {ex.score:.4f} ({ex.variant}, {ex.steps} steps{selection}); "
                    f"{kind} written to {out}")

@@ -71,26 +71,9 @@ def extract_regions_cmd(
 
     Example: smcli extract-regions examples/images -o feats.parquet
     """
-    from smcli.images.extract import ExtractOptions, run_extract
-    from smcli.images.sources import list_images
-    from smcli.report import RunReport
-    from smcli.stage import resolve_output
+    from smcli.images.extract import extract_regions
 
-    target = resolve_output(output)
-    opts = ExtractOptions(backbone=backbone, image_size=image_size, weights=weights,
-                          batch_size=batch_size, workers=workers, threads=threads, dtype=dtype,
-                          device=device, max_pixels=max_pixels, resume=resume, progress=progress)
-    report = RunReport("extract-regions", errors_path=errors, strict=strict)
-    listing = list_images(inputs, report, root=root, path_column=path_column)
-    if listing.listed == 0:
-        from smcli.errors import InputError
-
-        raise InputError(f"no images found in {' '.join(inputs)} (looked for image extensions "
-                         "in directories; lists and tables were empty)")
-    counts = run_extract(listing.items, target, opts, report)
-    final = {"listed": listing.listed, "duplicates": listing.duplicates}
-    if counts["resumed"]:
-        final["resumed"] = counts["resumed"]
-    final.update(processed=counts["processed"], written=counts["written"],
-                 failed=len(report.rejects))
-    report.finish(**final)
+    extract_regions(inputs, output, root=root, path_column=path_column, errors=errors, strict=strict,
+                    backbone=backbone, image_size=image_size, weights=weights, batch_size=batch_size,
+                    workers=workers, threads=threads, dtype=dtype, device=device, max_pixels=max_pixels,
+                    resume=resume, progress=progress)

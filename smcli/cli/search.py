@@ -23,11 +23,11 @@ PRECISION_HELP = "auto | fp32 | bf16"
 TABLE_HELP = "Print a readable table even when stdout is not a terminal (not with -o)."
 
 
-def _session(model: str | None, device: str, precision: str):
+def _load(model: str | None, device: str, precision: str):
     from smcli.defaults import resolve
-    from smcli.search.session import MatchSession
+    from smcli.inference.matcher import MatchModel
 
-    return MatchSession(resolve("model", model), device=device, precision=precision)
+    return MatchModel(resolve("model", model), device=device, precision=precision)
 
 
 @app.command("score")
@@ -48,20 +48,20 @@ def score_cmd(
     """Score how well captions match images: writes image_id, caption_id, caption, score,
     in input order. Example: smcli score --pairs pairs.csv -o scores.parquet"""
     from smcli.defaults import resolve
+    from smcli.inference.tasks import load_captions, load_features, score_pairs
     from smcli.output import emit, wants_table
     from smcli.report import RunReport
-    from smcli.search.tasks import load_captions, load_features, score_pairs
     from smcli.stage import resolve_output
 
     if not wants_table(output, table):
         resolve_output(output)  # fail before any work
     report = RunReport("score", errors_path=errors, strict=strict)
-    session = _session(model, device, precision)
-    caps = load_captions(session, resolve("captions", captions))
-    feats = load_features(session, resolve("regions", regions))
-    result = score_pairs(session, feats, caps, pairs, report)
+    matcher = _load(model, device, precision)
+    caps = load_captions(matcher, resolve("captions", captions))
+    feats = load_features(matcher, resolve("regions", regions))
+    result = score_pairs(matcher, feats, caps, pairs, report)
     read = result.num_rows + len(report.rejects)
-    written = emit(result, "scores", {"command": "score", **session.producer()}, output,
+    written = emit(result, "scores", {"command": "score", **matcher.producer()}, output,
                    show=["image_id", "caption", "score"], force_table=table)
     report.finish(read=read, written=written, rejected=len(report.rejects))
 
@@ -112,28 +112,28 @@ def retrieve_cmd(
         raise UsageError("give text queries or --image, not both")
     if not wants_table(output, table):
         resolve_output(output)
-    session = _session(model, device, precision)
+    matcher = _load(model, device, precision)
     mode = None if exhaustive else shortlist
-    from smcli.search import tasks
+    from smcli.inference import tasks
 
     if texts:
         index_dir = index or (None if regions else resolve("index", None, required=False))
         if index_dir:
-            result = tasks.search_index(session, index_dir, texts, top_k, mode)
+            result = tasks.search_index(matcher, index_dir, texts, top_k, mode)
         else:
-            feats = tasks.load_features(session, resolve("regions", regions))
-            result = tasks.search_images(session, feats, texts, top_k, mode)
+            feats = tasks.load_features(matcher, resolve("regions", regions))
+            result = tasks.search_images(matcher, feats, texts, top_k, mode)
         show = ["query", "rank", "score", "path"]
     else:
-        from smcli.search.inputs import resolve_images
+        from smcli.inference.inputs import resolve_images
 
         reg_path = resolve("regions", regions, required=False)
-        feats = tasks.load_features(session, reg_path) if reg_path else None
-        images = resolve_images(list(image), feats, session.loaded.info.features)
-        caps = tasks.load_captions(session, resolve("captions", captions))
-        result = tasks.search_texts(session, images, caps, top_k, mode)
+        feats = tasks.load_features(matcher, reg_path) if reg_path else None
+        images = resolve_images(list(image), feats, matcher.features)
+        caps = tasks.load_captions(matcher, resolve("captions", captions))
+        result = tasks.search_texts(matcher, images, caps, top_k, mode)
         show = ["query", "rank", "score", "caption"]
-    emit(result, "retrieval", {"command": "retrieve", "shortlist": mode, **session.producer()}, output,
+    emit(result, "retrieval", {"command": "retrieve", "shortlist": mode, **matcher.producer()}, output,
          show=show, group="query", force_table=table)
 
 
@@ -153,14 +153,14 @@ def _evaluate(model, regions, captions, split, shortlist, folds, output, device,
     from smcli.evaluation.protocol import evaluate
     from smcli.report import say
 
-    session = _session(model, device, precision)
-    result = evaluate(session, resolve("regions", regions), resolve("captions", captions), split,
+    matcher = _load(model, device, precision)
+    result = evaluate(matcher, resolve("regions", regions), resolve("captions", captions), split,
                       shortlist=shortlist, folds=folds)
     m = result.metrics
     from rich.console import Console
     from rich.table import Table
 
-    title = (f"{session.loaded.config.variant} ({session.loaded.config.text_encoder}) on {split}: "
+    title = (f"{matcher.loaded.config.variant} ({matcher.loaded.config.text_encoder}) on {split}: "
              f"{m.images:,} images, {m.captions:,} captions, {result.mode}"
              + (f" (shortlist {result.shortlist})" if result.mode == "two-stage" else "")
              + (f", {folds} folds" if folds > 1 else ""))
@@ -175,8 +175,8 @@ def _evaluate(model, regions, captions, split, shortlist, folds, output, device,
     console = Console(width=None if sys.stdout.isatty() else 120)
     console.print(title)
     console.print(view)
-    record = {**result.to_dict(), "model": session.name, "model_hash": session.loaded.hash,
-              "variant": session.loaded.config.variant, "text_encoder": session.loaded.config.text_encoder}
+    record = {**result.to_dict(), "model": matcher.name, "model_hash": matcher.loaded.hash,
+              "variant": matcher.loaded.config.variant, "text_encoder": matcher.loaded.config.text_encoder}
     if output:
         from smcli.stage import AtomicFile
 
@@ -221,28 +221,28 @@ def caption_rank_cmd(
     Example: smcli caption-rank --image dog.jpg --candidates cands.csv
     """
     from smcli.defaults import resolve
+    from smcli.inference import tasks
+    from smcli.inference.inputs import ImageSet, resolve_images
     from smcli.output import emit, wants_table
     from smcli.report import RunReport
-    from smcli.search import tasks
-    from smcli.search.inputs import ImageSet, resolve_images
     from smcli.stage import resolve_output
 
     if not wants_table(output, table):
         resolve_output(output)
     report = RunReport("caption-rank", errors_path=errors, strict=strict)
-    session = _session(model, device, precision)
+    matcher = _load(model, device, precision)
     reg_path = resolve("regions", regions, required=not image)
-    feats = tasks.load_features(session, reg_path) if reg_path else None
+    feats = tasks.load_features(matcher, reg_path) if reg_path else None
     if image:
-        images = resolve_images(list(image), feats, session.loaded.info.features)
+        images = resolve_images(list(image), feats, matcher.features)
     else:
         images = ImageSet(feats.image_ids, feats.paths, feats.regions, feats.global_)
     caps = None
     if candidates is None:
-        caps = tasks.load_captions(session, resolve("captions", captions))
-    result = tasks.rank_captions(session, images, caps, candidates, top_k,
+        caps = tasks.load_captions(matcher, resolve("captions", captions))
+    result = tasks.rank_captions(matcher, images, caps, candidates, top_k,
                                 None if exhaustive else shortlist, report)
-    written = emit(result, "caption-ranks", {"command": "caption-rank", **session.producer()}, output,
+    written = emit(result, "caption-ranks", {"command": "caption-rank", **matcher.producer()}, output,
                    show=["image_id", "rank", "score", "caption"], group="image_id", force_table=table)
     report.finish(images=len(images.image_ids), written=written, rejected=len(report.rejects))
 
@@ -260,7 +260,7 @@ def index_cmd(
     """Build a reusable search index of a gallery: faiss over the one-to-one embeddings plus
     the per-image matcher tensors, memory-mapped. Use it with smcli retrieve --index."""
     from smcli.defaults import resolve
-    from smcli.search.gallery import build_index
+    from smcli.inference.gallery import build_index
 
-    session = _session(model, device, precision)
-    build_index(session, resolve("regions", regions), output, kind)
+    matcher = _load(model, device, precision)
+    build_index(matcher, resolve("regions", regions), output, kind)

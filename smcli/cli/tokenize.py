@@ -37,18 +37,8 @@ def tokenize_cmd(
 
     Example: smcli tokenize Flickr8k.token.txt --splits splits.csv -o captions.parquet
     """
-    from smcli.report import RunReport
-    from smcli.stage import check_output_path, resolve_output
-    from smcli.text.captions import TokenizeOptions, tokenize_file
-    from smcli.text.readers import ColumnNames
+    from smcli.text.captions import tokenize_captions
 
-    target = resolve_output(output)
-    for option, path in (("--vocab-out", vocab_out), ("--errors", errors)):
-        if path is not None:
-            check_output_path(path, option)
-    report = RunReport("tokenize", errors_path=errors, strict=strict)
-    opts = TokenizeOptions(fmt=fmt, splits=splits, vocab=vocab, vocab_out=vocab_out,
-                           min_count=min_count,
-                           columns=ColumnNames(image=image_column, caption=caption_column))
-    counts = tokenize_file(input, target, opts, report)
-    report.finish(**counts)
+    tokenize_captions(input, output, fmt=fmt, splits=splits, vocab=vocab, vocab_out=vocab_out,
+                      min_count=min_count, image_column=image_column, caption_column=caption_column,
+                      errors=errors, strict=strict)

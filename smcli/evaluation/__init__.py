@@ -1,1 +1,1 @@
-"""The recall protocol and batched scoring of image x caption sets."""
+"""The recall protocol: R@K both ways on a split, exhaustive or two-stage (``retrieve --eval``)."""

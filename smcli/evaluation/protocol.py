@@ -10,7 +10,7 @@ import numpy as np
 
 from smcli.errors import InputError
 from smcli.evaluation.recall import RecallMetrics, recall_metrics
-from smcli.evaluation.scoring import exhaustive_scores, two_stage_scores
+from smcli.inference.scoring import exhaustive_scores, two_stage_scores
 from smcli.runtime import autocast
 
 
@@ -32,17 +32,17 @@ class EvalResult:
                 "pairs_scored": self.pairs_scored, **self.metrics.to_dict()}
 
 
-def evaluate(session, regions: str, captions: str, split: str = "test", *,
+def evaluate(model, regions: str, captions: str, split: str = "test", *,
              shortlist: int | None = 100, folds: int = 1, progress=None) -> EvalResult:
     """R@1/5/10 both ways on ``split``; ``shortlist=None`` scores every pair."""
+    from smcli.dataset import load_matching_data
     from smcli.stage import open_stage
-    from smcli.training.data import load_matching_data
 
     caps = open_stage(captions, "captions")
-    session.check_captions(caps)
+    model.check_captions(caps)
     caps.close()
-    data = load_matching_data(regions, captions, command="retrieve", with_regions=session.many_to_many)
-    session.check_features(data.features_meta, regions)
+    data = load_matching_data(regions, captions, command="retrieve", with_regions=model.many_to_many)
+    model.check_features(data.features_meta, regions)
     rows = np.flatnonzero(data.split == split)
     if len(rows) == 0:
         found = sorted({str(s) for s in data.split})
@@ -53,21 +53,21 @@ def evaluate(session, regions: str, captions: str, split: str = "test", *,
     pos = np.full(len(data.image_ids), -1)
     pos[images] = np.arange(len(images))
     started = time.time()
-    gallery = session.gallery([data.image_ids[i] for i in images], [""] * len(images),
+    gallery = model.encode_images([data.image_ids[i] for i in images], [""] * len(images),
                               None if data.regions is None else data.regions[images],
                               data.global_[images])
-    texts = session.texts([data.caption_ids[i] for i in rows], [data.captions[i] for i in rows],
+    texts = model.encode_texts([data.caption_ids[i] for i in rows], [data.captions[i] for i in rows],
                           [data.token_ids[i] for i in rows])
     cap_img = pos[data.caption_image[rows]]
     encoded = time.time()
-    with autocast(session.device, session.precision):
-        if shortlist is None or not session.many_to_many:
-            scores = exhaustive_scores(session.model, gallery.side, texts.side, progress=progress)
+    with autocast(model.device, model.precision):
+        if shortlist is None or not model.many_to_many:
+            scores = exhaustive_scores(model.model, gallery.side, texts.side, progress=progress)
             metrics = recall_metrics(scores, cap_img, folds=folds)
-            pairs = scores.size if session.many_to_many else 0
-            mode = "exhaustive" if session.many_to_many else "one-to-one"
+            pairs = scores.size if model.many_to_many else 0
+            mode = "exhaustive" if model.many_to_many else "one-to-one"
         else:
-            two = two_stage_scores(session.model, gallery.side, texts.side, shortlist, progress=progress)
+            two = two_stage_scores(model.model, gallery.side, texts.side, shortlist, progress=progress)
             metrics = recall_metrics(two.i2t, cap_img, two.t2i, folds=folds)
             pairs, mode = two.pairs_scored, "two-stage"
     return EvalResult(split, mode, shortlist or 0, metrics, time.time() - encoded,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from smcli.errors import InputError, UsageError
+from smcli.errors import InputError, UsageError, first_line
 
 DEFAULT_BACKBONE = "efficientnet-lite0"
 DEFAULT_IMAGE_SIZE = 224
@@ -175,8 +175,7 @@ def _torch_load(path: str | Path, what: str) -> dict:
     except FileNotFoundError:
         raise InputError(f"{what}: no such file {path}") from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{what}: {path} is not a loadable PyTorch state dict ({first[:200]})") from None
+        raise InputError(f"{what}: {path} is not a loadable PyTorch state dict ({first_line(exc, 200)})") from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -351,10 +350,6 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-def backbone_names() -> list[str]:
-    return list(BACKBONES)
-
-
 def get_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
@@ -426,18 +421,6 @@ def _sha256_12(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def resolve_device(device: str = "auto"):
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available (use --device cpu or auto)")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UsageError(f"--device {device}: choose auto, cpu or cuda")
-    return torch.device(device)
-
-
 def check_image_size(image_size: int) -> int:
     if not MIN_IMAGE_SIZE <= int(image_size) <= MAX_IMAGE_SIZE:
         raise UsageError(
@@ -461,12 +444,12 @@ def load_backbone(
     """
     import torch
 
-    from smcli.images.extract import tune_malloc
+    from smcli.runtime import resolve_device, tune_malloc
 
     spec = get_spec(name)
     image_size = check_image_size(image_size)
     tune_malloc()
-    dev = resolve_device(device)
+    dev = torch.device(resolve_device(device))
     weights = "default" if weights in (None, "", "default") else str(weights)
     net = spec.build()
     if weights == "none":

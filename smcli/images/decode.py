@@ -20,6 +20,8 @@ import warnings
 
 import numpy as np
 
+from smcli.errors import first_line
+
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own default limit (~0.25 GB of RGB at 8 bits)
 DECODE_DESCRIPTION = (
     "EXIF orientation applied; RGB (alpha over white, 16-bit scaled to 8-bit); "
@@ -68,11 +70,6 @@ def _sniff(head: bytes) -> str:
     return f"not an image: unrecognised format (starts with {head[:8].hex()})"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return (text[0] if text else type(exc).__name__)[:200]
-
-
 def _to_rgb(im):
     from PIL import Image
 
@@ -114,7 +111,7 @@ def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
     except FileNotFoundError:
         raise ImageError("no such file") from None
     except OSError as exc:
-        raise ImageError(f"cannot access: {exc.strerror or _first_line(exc)}") from None
+        raise ImageError(f"cannot access: {exc.strerror or first_line(exc, 200)}") from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageError("is a directory")
     if not stat.S_ISREG(st.st_mode):
@@ -124,7 +121,7 @@ def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
     try:
         fh = open(path, "rb")
     except OSError as exc:
-        raise ImageError(f"cannot open: {exc.strerror or _first_line(exc)}") from None
+        raise ImageError(f"cannot open: {exc.strerror or first_line(exc, 200)}") from None
     with fh:
         head = fh.read(64)
         fh.seek(0)
@@ -136,11 +133,11 @@ def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 im = Image.open(fh)
         except Image.DecompressionBombError as exc:
-            raise ImageError(f"decompression bomb refused: {_first_line(exc)}") from None
+            raise ImageError(f"decompression bomb refused: {first_line(exc, 200)}") from None
         except UnidentifiedImageError:
             raise ImageError(_sniff(head)) from None
         except Exception as exc:  # noqa: BLE001 - Pillow raises many types on bad headers
-            raise ImageError(f"unreadable image header: {_first_line(exc)}") from None
+            raise ImageError(f"unreadable image header: {first_line(exc, 200)}") from None
         with im:
             fmt = im.format or "image"
             w, h = im.size
@@ -173,11 +170,11 @@ def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
                         rgb = rgb.resize((size, size), Image.BICUBIC)
                     arr = np.asarray(rgb, dtype=np.uint8)
             except Image.DecompressionBombError as exc:
-                raise ImageError(f"decompression bomb refused: {_first_line(exc)}") from None
+                raise ImageError(f"decompression bomb refused: {first_line(exc, 200)}") from None
             except MemoryError:
                 raise ImageError(f"{fmt} {w}x{h}: out of memory while decoding") from None
             except Exception as exc:  # noqa: BLE001 - truncated/corrupt data, unsupported modes
-                raise ImageError(f"corrupt or truncated {fmt} data: {_first_line(exc)}") from None
+                raise ImageError(f"corrupt or truncated {fmt} data: {first_line(exc, 200)}") from None
     if arr.shape != (size, size, 3):
         raise ImageError(f"{fmt} decoded to an unexpected shape {arr.shape}")
     return arr, int(w), int(h)

@@ -23,14 +23,9 @@ removed when the output is complete. Images that failed are retried on resume.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
-import glob
-import json
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -45,12 +40,14 @@ import pyarrow as pa
 from smcli.errors import InputError, UsageError
 from smcli.images.backbones import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, Backbone
 from smcli.images.decode import DEFAULT_MAX_PIXELS, ImageError, load_image
+from smcli.images.features import DTYPES, regions_schema
+from smcli.images.journal import Journal
 from smcli.images.sources import ImageItem
 from smcli.report import RunReport, say, warn
+from smcli.runtime import cpu_cores, one_thread, set_threads, tune_malloc
 from smcli.stage import OutputTarget, StageWriter, new_meta
 
 COMMAND = "extract-regions"
-DTYPES = {"float16": (pa.float16(), np.float16), "float32": (pa.float32(), np.float32)}
 ROW_GROUP_BYTES = 32 << 20
 
 
@@ -67,18 +64,6 @@ class ExtractOptions:
     max_pixels: int = DEFAULT_MAX_PIXELS
     resume: bool = False
     progress: bool | None = None  # None: when stderr is a terminal
-
-
-def regions_schema(grid: tuple[int, int], dim: int, global_dim: int, dtype: str) -> pa.Schema:
-    value = DTYPES[dtype][0]
-    return pa.schema([
-        ("image_id", pa.string()),
-        ("path", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("regions", pa.list_(value, grid[0] * grid[1] * dim)),
-        ("global", pa.list_(value, global_dim)),
-    ])
 
 
 def producer(backbone: Backbone, dtype: str) -> dict[str, Any]:
@@ -101,10 +86,6 @@ def producer(backbone: Backbone, dtype: str) -> dict[str, Any]:
 
 
 MAX_CPU_WORKERS = 8  # each holds its own activations: ~0.3 GB for a chunk of 16 at 224
-
-
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_workers(device: str = "cpu") -> int:
@@ -274,114 +255,6 @@ def _rows(items: Sequence[ImageItem], positions: list[int], sizes, regions: np.n
 # Resume journal
 
 
-class Journal:
-    """Finished rows of a file output, kept beside it until the output is complete."""
-
-    def __init__(self, out: Path):
-        self.out = out
-        self.dir = out.parent / f".{out.name}.resume"
-        self._lock_fh = None
-        self._sink = None
-        self._writer = None
-        self._segment: Path | None = None
-        self.appended = 0  # rows written to the journal by this run
-
-    def lock(self) -> None:
-        self.dir.mkdir(exist_ok=True)
-        self._lock_fh = open(self.dir / "lock", "a+")
-        try:
-            # A POSIX record lock: held by this process only (not by the forked decoding
-            # workers, which may outlive a killed run by a few seconds), freed when it dies.
-            fcntl.lockf(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise UsageError(f"{self.out}: another extract-regions run is writing it") from None
-
-    def segments(self) -> list[Path]:
-        return sorted(self.dir.glob("seg-*.arrows"))
-
-    def exists(self) -> bool:
-        return self.dir.is_dir() and bool(self.segments())
-
-    def read(self, producer_meta: dict[str, Any]):
-        """Yield the journal's record batches (checking they were made the same way)."""
-        for seg in self.segments():
-            try:
-                reader = pa.ipc.open_stream(pa.OSFile(str(seg), "r"))
-            except (pa.ArrowInvalid, OSError):
-                continue  # killed before the schema was written
-            meta = json.loads((reader.schema.metadata or {}).get(b"smcli.producer", b"{}"))
-            if meta != producer_meta:
-                keys = set(meta) | set(producer_meta)
-                diff = sorted(k for k in keys if meta.get(k) != producer_meta.get(k))
-                raise UsageError(
-                    f"--resume: the interrupted run of {self.out} used other settings "
-                    f"({', '.join(f'{k}={meta.get(k)!r}' for k in diff[:3])}); "
-                    "rerun without --resume to start over"
-                )
-            while True:
-                try:
-                    batch = reader.read_next_batch()
-                except StopIteration:
-                    break
-                except (pa.ArrowInvalid, OSError):
-                    break  # the batch being written when the run was killed
-                yield batch
-
-    def start_segment(self, schema: pa.Schema, producer_meta: dict[str, Any]) -> None:
-        n = len(self.segments())
-        path = self.dir / f"seg-{n:05d}.arrows"
-        self._segment = path
-        schema = schema.with_metadata({b"smcli.producer": json.dumps(producer_meta, sort_keys=True).encode()})
-        self._sink = pa.OSFile(str(path), "w")
-        options = pa.ipc.IpcWriteOptions(compression="lz4")
-        self._writer = pa.ipc.new_stream(self._sink, schema, options=options)
-
-    def append(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
-        self._sink.flush()
-        self.appended += batch.num_rows
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-        if self._sink is not None:
-            self._sink.close()
-            self._sink = None
-
-    def discard(self) -> None:
-        self.close()
-        for seg in self.segments():
-            seg.unlink()
-
-    def remove(self) -> None:
-        self.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        if self._lock_fh is not None:
-            self._lock_fh.close()
-            self._lock_fh = None
-
-    def release(self) -> None:
-        """Stop writing, keep the finished rows for --resume (nothing kept if there are none)."""
-        self.close()
-        if self._lock_fh is not None:
-            if self.appended == 0 and self._segment is not None:
-                self._segment.unlink(missing_ok=True)  # ours, and empty
-            if not self.segments():
-                shutil.rmtree(self.dir, ignore_errors=True)
-            self._lock_fh.close()
-            self._lock_fh = None
-
-    def remove_stale_temporaries(self) -> None:
-        """Temporary outputs of killed runs (we hold the lock, so no live run owns them)."""
-        for tmp in glob.glob(str(self.out.parent / f".{glob.escape(self.out.name)}.*.tmp")):
-            Path(tmp).unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------
-# Progress
-
-
 class _Progress:
     def __init__(self, total: int, enabled: bool):
         self.enabled = enabled
@@ -422,36 +295,9 @@ class _Progress:
 # The run
 
 
-def tune_malloc() -> None:
-    """Keep freed memory in the heap instead of returning it to the OS after every batch.
-
-    glibc serves the network's large activations with mmap and unmaps them when freed, so
-    every forward pass page-faults its whole working set again: on a 2-core machine that
-    was ~30% of the CPU time in system calls. Raising the mmap and trim thresholds makes
-    the allocator reuse the memory: same results, ~1.5x the images/s, a flat RSS.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 1 << 30)
-        libc.mallopt(m_trim_threshold, 1 << 31)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def default_batch_size(image_size: int) -> int:
     """32 at 224, fewer for larger images so that the activations stay well under 1 GB."""
     return int(max(1, min(64, round(32 * (224 / image_size) ** 2))))
-
-
-def _set_threads(threads: int | None) -> None:
-    import torch
-
-    torch.set_num_threads(threads or cpu_cores())
 
 
 def load_backbone_for(opts: ExtractOptions) -> Backbone:
@@ -469,7 +315,7 @@ def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractO
     _check_options(opts)
     if opts.resume and target.path is None:
         raise UsageError("--resume needs an output file (-o FILE); a stream cannot be resumed")
-    _set_threads(opts.threads)
+    set_threads(opts.threads)
     tune_malloc()
     if backbone is None:
         backbone = load_backbone_for(opts)
@@ -585,21 +431,6 @@ def _extract_loop(todo: Sequence[ImageItem], backbone: Backbone, opts: ExtractOp
 # A few images on the fly (retrieve --image)
 
 
-@contextlib.contextmanager
-def _one_thread(enabled: bool):
-    """Torch on one thread for a while (thread counts change float rounding in oneDNN)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if enabled:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if enabled:
-            torch.set_num_threads(before)
-
-
 _BACKBONE_CACHE: dict[tuple, Backbone] = {}
 
 
@@ -652,7 +483,7 @@ def extract_images(
                 arrays.append(load_image(str(p), net.image_size, max_pixels)[0])
             except ImageError as exc:
                 raise InputError(f"{p}: {exc}") from None
-        with _one_thread(net.device.type == "cpu"):
+        with one_thread(net.device.type == "cpu"):
             regions, glob_ = net(torch.from_numpy(np.stack(arrays)))
         n = regions.shape[0]
         regions_out.append(regions.reshape(n, -1, net.dim).cpu().numpy().astype(DTYPES[dtype][1]))
@@ -662,3 +493,41 @@ def extract_images(
         return (np.zeros((0, gh * gw, net.dim), DTYPES[dtype][1]),
                 np.zeros((0, net.global_dim), DTYPES[dtype][1]))
     return np.concatenate(regions_out), np.concatenate(global_out)
+
+
+# ---------------------------------------------------------------------------------------
+# The stage as one call: what ``smcli extract-regions`` runs, and ``smcli.extract_regions``
+
+
+def extract_regions(inputs: str | os.PathLike | Sequence[str | os.PathLike], output: str | os.PathLike | None,
+                    *, root: str | None = None, path_column: str | None = None,
+                    errors: str | os.PathLike | None = None, strict: bool = False, **options: Any) -> dict[str, int]:
+    """Images (directories, files, ``@list.txt``, Parquet/CSV tables with a path column,
+    ``-`` for stdin) -> a regions Parquet file at ``output`` (None or ``-``: stdout).
+
+    ``options`` are the fields of :class:`ExtractOptions` (backbone, image_size, weights,
+    batch_size, workers, threads, dtype, device, max_pixels, resume, progress). Bad images
+    are reported (``errors``: a file for them) and counted; ``strict`` makes them fatal.
+    Returns the counts of the run (also printed on stderr).
+    """
+    from smcli.images.sources import list_images
+    from smcli.stage import resolve_output
+
+    target = resolve_output(None if output is None else str(output))
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(ExtractOptions)})
+    if unknown:
+        raise UsageError(f"unknown extract-regions option(s): {', '.join(unknown)}")
+    opts = ExtractOptions(**{k: v for k, v in options.items() if v is not None})
+    inputs = [str(inputs)] if isinstance(inputs, str | os.PathLike) else [str(i) for i in inputs]
+    report = RunReport(COMMAND, errors_path=None if errors is None else Path(errors), strict=strict)
+    listing = list_images(inputs, report, root=root, path_column=path_column)
+    if listing.listed == 0:
+        raise InputError(f"no images found in {' '.join(inputs)} (looked for image extensions "
+                         "in directories; lists and tables were empty)")
+    counts = run_extract(listing.items, target, opts, report)
+    final = {"listed": listing.listed, "duplicates": listing.duplicates}
+    if counts["resumed"]:
+        final["resumed"] = counts["resumed"]
+    final.update(processed=counts["processed"], written=counts["written"], failed=len(report.rejects))
+    report.finish(**final)
+    return final

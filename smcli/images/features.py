@@ -1,4 +1,4 @@
-"""Reading a regions file into numpy, and the feature signature later stages compare.
+"""The regions file: its schema, reading it into numpy, and the feature signature later stages compare.
 
     feats = load_regions("feats.parquet")
     feats.regions      # (N, grid_h * grid_w, dim), float16 or float32 as written
@@ -22,7 +22,20 @@ import pyarrow as pa
 from smcli.errors import InputError, UsageError
 from smcli.stage import StageInput, open_stage
 
+DTYPES = {"float16": (pa.float16(), np.float16), "float32": (pa.float32(), np.float32)}
 SIGNATURE_KEYS = ("backbone", "weights", "pretrained", "image_size", "grid", "dim", "global_dim")
+
+
+def regions_schema(grid: tuple[int, int], dim: int, global_dim: int, dtype: str) -> pa.Schema:
+    value = DTYPES[dtype][0]
+    return pa.schema([
+        ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("regions", pa.list_(value, grid[0] * grid[1] * dim)),
+        ("global", pa.list_(value, global_dim)),
+    ])
 
 
 @dataclass

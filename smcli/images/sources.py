@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from smcli.errors import InputError, UsageError
+from smcli.errors import InputError, UsageError, first_line
 from smcli.images.decode import IMAGE_EXTENSIONS, UNSUPPORTED_EXTENSIONS
 from smcli.report import RunReport, say
 
@@ -186,7 +186,7 @@ def _table_values(path: str, kind: str, column: str | None) -> Iterator[str | No
         for batch in reader:
             yield from batch.column(0).to_pylist()
     except pa.ArrowInvalid as exc:
-        raise InputError(f"{path}: unreadable {kind.upper()} ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: unreadable {kind.upper()} ({first_line(exc)})") from None
 
 
 def _table(path: str, kind: str, column: str | None, root: Path, col: _Collector) -> None:

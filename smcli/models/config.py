@@ -1,14 +1,18 @@
-"""Model configuration: every hyperparameter of a matcher, saved as config.json."""
+"""Model configuration: every hyperparameter of a matcher, its default and its check, saved as config.json."""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
+
+from smcli import options
 
 VARIANTS = ("smlstm", "no-context", "mean", "vse", "cca")
 GLOBAL_WEIGHTS = ("learned", "val")
 TEXT_ENCODERS = ("minilm", "bilstm")
+SCORE_HEADS = ("mlp", "sum")
+WORD_VECTORS = ("glove-6b-50d",)
 
 
 @dataclass
@@ -17,7 +21,6 @@ class ModelConfig:
     text_encoder: str = "minilm"
     # what the model was built for; set from the data before training
     img_dim: int = 1280
-    regions: int = 49
     vocab_size: int = 0
     # sentence side (bilstm)
     word_vectors: str | None = None  # "glove-6b-50d" initialises the word embeddings
@@ -43,7 +46,21 @@ class ModelConfig:
     cca_dim: int = 256
     cca_reg: float = 1e-3
     cca_power: float = 1.0  # score weights canonical correlations ** power
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        options.check_types(self)
+        options.choice(self, "variant", VARIANTS)
+        options.choice(self, "text_encoder", TEXT_ENCODERS)
+        options.choice(self, "score_head", SCORE_HEADS)
+        options.choice(self, "global_weight", GLOBAL_WEIGHTS)
+        if self.word_vectors is not None:
+            options.choice(self, "word_vectors", WORD_VECTORS)
+            if self.text_encoder != "bilstm":
+                options.fail("word_vectors", self.word_vectors, "applies to --text-encoder bilstm")
+        options.at_least(self, 1, "img_dim", "word_dim", "lstm_dim", "inst_dim", "ctx_dim", "att_dim",
+                         "sim_dim", "hidden_dim", "steps", "emb_dim", "cca_dim")
+        options.at_least(self, 0, "vocab_size", "att_scale", "cca_reg", "cca_power")
+        options.fraction(self, "dropout", "emb_dropout")
 
     @property
     def many_to_many(self) -> bool:
@@ -54,11 +71,17 @@ class ModelConfig:
         """The cosine's weight is set by the trainer on val, not trained with the matcher."""
         return self.many_to_many and self.fuse_global and self.global_weight == "val"
 
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with ``changes`` (checked like any config)."""
+        return dataclasses.replace(self, **changes)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """A saved config; keys this version does not know (``regions``, ``extra`` of older
+        models) are ignored, and models saved before ``global_weight`` learned it."""
         known = {f.name for f in dataclasses.fields(cls)}
-        data = {"global_weight": "learned", **data}  # models saved before the option learned it
+        data = {"global_weight": "learned", **data}
         return cls(**{k: v for k, v in data.items() if k in known})

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from smcli import __version__
-from smcli.errors import InputError
+from smcli._version import __version__
+from smcli.errors import InputError, SmcliError, first_line
 from smcli.models.config import VARIANTS, ModelConfig
 
 CONFIG_FILE = "config.json"
@@ -98,10 +98,8 @@ def load_model(directory: str | Path, device: str = "cpu") -> LoadedModel:
     try:
         raw = json.loads((d / CONFIG_FILE).read_text())
         cfg = ModelConfig.from_dict(raw["model"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise InputError(f"{d / CONFIG_FILE}: unreadable model config ({exc})") from None
-    if cfg.variant not in VARIANTS:
-        raise InputError(f"{d / CONFIG_FILE}: unknown variant {cfg.variant!r}")
+    except (ValueError, KeyError, TypeError, AttributeError, SmcliError) as exc:
+        raise InputError(f"{d / CONFIG_FILE}: unreadable model config ({first_line(exc)})") from None
     if not (d / WEIGHTS_FILE).is_file():
         raise InputError(f"{directory}: no {WEIGHTS_FILE}; was training interrupted before the first epoch?")
     blob = (d / WEIGHTS_FILE).read_bytes()
@@ -110,7 +108,7 @@ def load_model(directory: str | Path, device: str = "cpu") -> LoadedModel:
         state = load(blob)
         model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - any failure here means a damaged or foreign file
-        raise InputError(f"{d / WEIGHTS_FILE}: weights do not fit the config ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{d / WEIGHTS_FILE}: weights do not fit the config ({first_line(exc)})") from None
     model.to(device).eval()
     extra = {k: v for k, v in raw.items() if k not in ("model", "features", "vocab_hash", "smcli_version")}
     info = ModelInfo(cfg, raw.get("features", {}), raw.get("vocab_hash"), extra)

@@ -141,3 +141,24 @@ def captions_vocab(stage: StageInput) -> Vocab:
 
         raise InputError(f"{stage.name}: captions file without an embedded vocabulary")
     return Vocab.from_text(blob.decode(), stage.name)
+
+
+def tokenize_captions(input: str | Path, output: str | Path | None, *, fmt: str = "auto",
+                      splits: str | None = None, vocab: str | None = None, vocab_out: str | None = None,
+                      min_count: int = 1, image_column: str | None = None, caption_column: str | None = None,
+                      errors: str | Path | None = None, strict: bool = False) -> dict[str, int]:
+    """A caption file (``-``: stdin) -> a captions Parquet file at ``output`` (None or
+    ``-``: stdout): what ``smcli tokenize`` runs, and ``smcli.tokenize``. Returns the counts."""
+    from smcli.stage import check_output_path, resolve_output
+
+    target = resolve_output(None if output is None else str(output))
+    for option, path in (("--vocab-out", vocab_out), ("--errors", errors)):
+        if path is not None:
+            check_output_path(path, option)
+    report = RunReport("tokenize", errors_path=None if errors is None else Path(errors), strict=strict)
+    opts = TokenizeOptions(fmt=fmt, splits=splits, vocab=vocab,
+                           vocab_out=None if vocab_out is None else str(vocab_out), min_count=min_count,
+                           columns=ColumnNames(image=image_column, caption=caption_column))
+    counts = tokenize_file(str(input), target, opts, report)
+    report.finish(**counts)
+    return counts

@@ -1,4 +1,4 @@
-"""Bidirectional hinge ranking losses (margin alpha).
+"""Bidirectional hinge ranking losses (margin alpha), and the negatives they are mined from.
 
 ``negatives`` chooses how the negatives of each positive pair are combined:
 "hardest" (VSE++: only the hardest), "sum" (the paper: all of them), or an integer K
@@ -46,3 +46,19 @@ def ranking_loss_mined(pos: torch.Tensor, neg_captions: torch.Tensor, neg_images
     if valid_images is not None:
         cost_i = cost_i.masked_fill(~valid_images, neg_inf)
     return (_reduce(cost_c, negatives) + _reduce(cost_i, negatives)).mean()
+
+
+def mine_negatives(emb: torch.Tensor, positive: torch.Tensor, k: int):
+    """The ``k`` hardest negatives of each positive pair by the (cheap) one-to-one score.
+
+    ``emb[i, j]`` = s(image of pair i, caption of pair j), ``positive`` as in
+    :func:`ranking_loss_grid`. Returns (captions [B, k]: other captions for pair i's image,
+    images [B, k]: the pairs whose images are negatives for caption j, and where each is a
+    real negative: [B, k] bools, False where a batch has fewer than k negatives).
+    """
+    masked = emb.masked_fill(positive, float("-inf"))
+    neg_c = masked.topk(k, dim=1).indices
+    neg_i = masked.topk(k, dim=0).indices.T
+    valid_c = torch.isfinite(masked.gather(1, neg_c))
+    valid_i = torch.isfinite(masked.T.gather(1, neg_i))
+    return neg_c, neg_i, valid_c, valid_i

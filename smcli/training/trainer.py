@@ -3,9 +3,13 @@
 Each step takes a batch of training captions with their images. The one-to-one embedding
 head is trained with VSE++'s in-batch ranking loss; the many-to-many matcher is trained on
 the positive pairs and, per positive, the ``mine`` hardest negative captions and images as
-ranked by the (cheap) embedding (DESIGN.md section 2), or on the whole batch with
-``mine=0``. After every epoch the model is evaluated on val (R@1/5/10 both ways, rsum);
-the best epoch is kept, and training stops early when val stops improving.
+ranked by the (cheap) embedding (as ALBEF mines for its matching head: scoring every pair
+of a batch with the matcher costs B^2 pairs), or on the whole batch with ``mine=0``.
+
+The loop is three named steps, repeated until the epochs run out or val stops improving:
+:meth:`Trainer.train_one_epoch`, :meth:`Trainer.validate` (R@1/5/10 both ways on val, and
+with ``--global-weight val`` the cosine's weight), :meth:`Trainer.choose_and_save` (keep
+the epoch if val improved, log it, checkpoint).
 """
 
 from __future__ import annotations
@@ -15,16 +19,17 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from smcli.dataset import MatchingData, check_splits
 from smcli.errors import UsageError
 from smcli.evaluation.recall import RecallMetrics, recall_metrics
-from smcli.evaluation.scoring import (
+from smcli.inference.scoring import (
     as_tensor,
     encode_images,
     encode_texts,
@@ -37,45 +42,11 @@ from smcli.models.text_inputs import make_text_store
 from smcli.report import say
 from smcli.runtime import autocast, resolve_device, resolve_precision
 from smcli.training.checkpoint import STATE_FILE, load_state, read_progress, save_state
-from smcli.training.data import MatchingData, check_splits
 from smcli.training.fusion import choose_global_weight
-from smcli.training.loss import ranking_loss_grid, ranking_loss_mined
+from smcli.training.loss import mine_negatives, ranking_loss_grid, ranking_loss_mined
+from smcli.training.options import TrainOptions
 
 METRICS_FILE = "metrics.jsonl"
-
-
-@dataclass
-class TrainOptions:
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 2e-4
-    lr_decay_epochs: int = 8  # lr x 0.1 from this epoch on (VSE++); 0 = never
-    margin: float = 0.2
-    negatives: str | int = "hardest"
-    mine: int = 4  # negatives per positive mined by the embedding; 0 = score the whole batch
-    emb_weight: float = 1.0  # weight of the embedding head's loss beside the matcher's
-    grad_clip: float = 2.0
-    weight_decay: float = 0.0  # AdamW's decoupled weight decay
-    patience: int = 4  # stop after this many epochs without a better val rsum
-    val_shortlist: int = 20  # per-epoch val: re-rank this many candidates (0 = exhaustive)
-    checkpoint_every: int = 100  # steps between resumable checkpoints
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"  # bf16 autocast where the hardware has it (see smcli.runtime)
-    resume: bool = False
-    overwrite: bool = False
-    max_steps_per_epoch: int = 0  # 0 = all; for smoke runs
-    init_from: str | None = None  # model dir whose embedding head (and text encoder) start this one
-    freeze_embedding: bool = False  # keep that one-to-one head fixed: train a re-ranker on top
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def parse_negatives(value: str) -> str | int:
-    if value in ("hardest", "sum"):
-        return value
-    if value.isdigit() and int(value) > 0:
-        return int(value)
-    raise UsageError(f"--negatives {value}: use hardest, sum or a positive integer K")
 
 
 def prepare_output(out_dir: Path, opts: TrainOptions) -> None:
@@ -98,6 +69,26 @@ def feature_signature(meta: dict[str, Any]) -> dict[str, Any]:
     return sig(meta)
 
 
+@dataclass
+class EpochStats:
+    """What one epoch of training did."""
+
+    loss: float  # mean over steps
+    match_loss: float  # the matcher's part of it
+    pairs: int  # pairs scored
+    seconds: float
+
+
+@dataclass
+class Validation:
+    """One validation: the model's val metrics, the cosine weight chosen with them (with
+    ``--global-weight val``), and the one-to-one head's own metrics (the shortlist's quality)."""
+
+    metrics: RecallMetrics
+    embedding: RecallMetrics
+    chosen_weight: dict[str, float] = field(default_factory=dict)
+
+
 class Trainer:
     def __init__(self, data: MatchingData, out_dir: Path, cfg: ModelConfig, opts: TrainOptions,
                  log: Callable[[str], None] | None = None):
@@ -106,19 +97,13 @@ class Trainer:
         self.device = resolve_device(opts.device)
         self.precision = resolve_precision(opts.precision, self.device)
         self.train_caps, self.val_caps = check_splits(data)
-        grid = data.features_meta.get("grid", [1, 1])
-        cfg.img_dim = int(data.global_.shape[-1])
-        cfg.regions = int(grid[0]) * int(grid[1])
-        cfg.vocab_size = len(data.vocab)
+        changes = {"img_dim": int(data.global_.shape[-1]), "vocab_size": len(data.vocab)}
         if cfg.word_vectors is not None:
-            from smcli.models.glove import DIM, NAME
+            from smcli.models.glove import DIM
 
-            if cfg.word_vectors != NAME:
-                raise UsageError(f"--word-vectors {cfg.word_vectors}: only {NAME} is available")
-            cfg.word_dim = DIM
-        self.cfg = cfg
-        self.chosen_weight: dict[str, float] = {}  # with --global-weight val: the last val's choice
-        self.info = ModelInfo(cfg, feature_signature(data.features_meta), data.vocab.hash,
+            changes["word_dim"] = DIM
+        self.cfg = cfg.replace(**changes)
+        self.info = ModelInfo(self.cfg, feature_signature(data.features_meta), data.vocab.hash,
                               {"training": {**asdict(opts), "train_captions": len(self.train_caps),
                                             "val_captions": len(self.val_caps),
                                             "captions_file": data.captions_name}})
@@ -140,9 +125,14 @@ class Trainer:
         r = None if regions is None else as_tensor(regions[index], self.device)
         return r, as_tensor(self.data.global_[index], self.device)
 
-    # -- evaluation ---------------------------------------------------------------------
+    # -- step 2: validate ----------------------------------------------------------------
     @torch.inference_mode()
-    def evaluate(self, model, store, caps: np.ndarray, shortlist: int) -> RecallMetrics:
+    def validate(self, model, store, caps: np.ndarray | None = None, shortlist: int | None = None) -> Validation:
+        """R@1/5/10 both ways on ``caps`` (val), re-ranking ``shortlist`` candidates (0:
+        exhaustive). With ``--global-weight val`` the matcher is scored alone, and the weight
+        of the cosine that fuses best is set in the model and returned with the metrics."""
+        caps = self.val_caps if caps is None else caps
+        shortlist = self.opts.val_shortlist if shortlist is None else shortlist
         model.eval()
         images = np.unique(self.data.caption_image[caps])
         img_pos = np.full(len(self.data.image_ids), -1)
@@ -154,7 +144,7 @@ class Trainer:
             txt = encode_texts(model, store, self.store_row[caps], device=self.device)
             # the one-to-one head on its own: how good the shortlist is
             cosine = model.embedding_grid(img, txt).float().cpu().numpy()
-            self.embedding_metrics = recall_metrics(cosine, cap_img)
+            embedding = recall_metrics(cosine, cap_img)
             on_val = self.cfg.global_weight_on_val
             if on_val:  # score by the matcher alone, then set the cosine's weight that fuses best
                 with torch.no_grad():
@@ -165,37 +155,19 @@ class Trainer:
             else:
                 i2t, t2i = exhaustive_scores(model, img, txt), None
             if not on_val:
-                return recall_metrics(i2t, cap_img, t2i)
+                return Validation(recall_metrics(i2t, cap_img, t2i), embedding)
             weight, metrics = choose_global_weight(i2t, cosine, cap_img, t2i)
             with torch.no_grad():
                 model.global_weight.fill_(weight)
-            self.chosen_weight = {"global_weight": weight}
-            return metrics
+            return Validation(metrics, embedding, {"global_weight": weight})
 
     # -- CCA: closed form ---------------------------------------------------------------
     def fit_cca(self) -> dict[str, Any]:
-        store = self._text_store()
-        best = None
-        for reg in (1e-4, 1e-3, 1e-2, 1e-1):
-            for power in (0.0, 1.0, 4.0):
-                cfg = ModelConfig.from_dict({**self.cfg.to_dict(), "cca_reg": reg, "cca_power": power})
-                model = create_model(cfg)
-                if cfg.text_encoder == "bilstm":
-                    from smcli.models.glove import glove_matrix
+        from smcli.training.cca_fit import fit_cca_grid
 
-                    vecs, _ = glove_matrix(self.data.vocab.tokens)
-                    model.word_vectors.copy_(torch.from_numpy(vecs))
-                with torch.inference_mode():
-                    rows = self.store_row[self.train_caps]
-                    y = torch.cat([model.sentence_vectors(store.batch(rows[s:s + 4096]))
-                                   for s in range(0, len(rows), 4096)]).numpy()
-                x = np.asarray(self.data.global_[self.data.caption_image[self.train_caps]], np.float32)
-                model.fit(x, y)
-                m = self.evaluate(model, store, self.val_caps, 0)
-                self.log(f"cca reg {reg:g} power {power:g}: val {m.short()}")
-                if best is None or m.rsum > best[0].rsum:
-                    best = (m, model, cfg)
-        metrics, model, cfg = best
+        store = self._text_store()
+        metrics, model, cfg = fit_cca_grid(self.cfg, self.data, store, self.store_row, self.train_caps,
+                                           lambda m: self.validate(m, store, shortlist=0).metrics, self.log)
         self.cfg = cfg
         self.info.config = cfg
         self.info.extra["best"] = {"epoch": 0, **metrics.to_dict()}
@@ -205,13 +177,9 @@ class Trainer:
         return self.info.extra["best"]
 
     # -- the loop -----------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.cfg.variant == "cca":
-            return self.fit_cca()
-        opts = self.opts
-        torch.manual_seed(opts.seed)
-        store = self._text_store()
+    def build_model(self):
+        """A fresh model of the config: word vectors copied in, the --init head loaded (and
+        frozen with --freeze-embedding)."""
         model = create_model(self.cfg).to(self.device)
         if self.cfg.text_encoder == "bilstm" and self.cfg.word_vectors:
             from smcli.models.glove import glove_matrix
@@ -221,11 +189,25 @@ class Trainer:
                 known = torch.from_numpy(vecs.any(1))
                 model.text_encoder.embed.weight[known] = torch.from_numpy(vecs[known.numpy()]).to(self.device)
             self.log(f"GloVe vectors for {hits:,} of {len(vecs):,} words")
-        if opts.init_from:
-            self._warm_start(model, opts.init_from)
-        if opts.freeze_embedding:
+        if self.opts.init_from:
+            self._warm_start(model, self.opts.init_from)
+        if self.opts.freeze_embedding:
             for module in (model.embedding, model.text_encoder):
                 module.requires_grad_(False)
+        return model
+
+    def steps_per_epoch(self) -> int:
+        steps = math.ceil(len(self.train_caps) / self.opts.batch_size)
+        return min(steps, self.opts.max_steps_per_epoch) if self.opts.max_steps_per_epoch else steps
+
+    def run(self) -> dict[str, Any]:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.variant == "cca":
+            return self.fit_cca()
+        opts = self.opts
+        torch.manual_seed(opts.seed)
+        store = self._text_store()
+        model = self.build_model()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=opts.lr,
                                       weight_decay=opts.weight_decay)
         progress = {"epoch": 0, "step": 0, "best_rsum": -1.0, "best_epoch": 0, "bad_epochs": 0,
@@ -237,67 +219,86 @@ class Trainer:
             else:
                 progress = saved
                 self.log(f"resuming at epoch {progress['epoch'] + 1}, step {progress['step']}")
-        n_train = len(self.train_caps)
-        steps = math.ceil(n_train / opts.batch_size)
-        if opts.max_steps_per_epoch:
-            steps = min(steps, opts.max_steps_per_epoch)
         self.log(f"{self.cfg.variant} ({self.cfg.text_encoder}) on {self.device} ({self.precision}): "
-                 f"{n_train:,} train / {len(self.val_caps):,} val captions, {steps} steps an epoch")
+                 f"{len(self.train_caps):,} train / {len(self.val_caps):,} val captions, "
+                 f"{self.steps_per_epoch()} steps an epoch")
         while progress["epoch"] < opts.epochs and progress["bad_epochs"] < opts.patience:
             epoch = progress["epoch"]
             lr = opts.lr * (0.1 if opts.lr_decay_epochs and epoch >= opts.lr_decay_epochs else 1.0)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            order = torch.randperm(n_train, generator=torch.Generator().manual_seed(opts.seed * 100003 + epoch))
+            stats = self.train_one_epoch(model, optimizer, store, progress, lr)
             started = time.time()
-            loss_sum = progress.get("loss_sum", 0.0)
-            match_sum = progress.get("match_loss_sum", 0.0)
-            pairs = progress.get("pairs", 0)
-            model.train()
-            if opts.freeze_embedding:  # no dropout in the fixed head: it mines and scores
-                model.embedding.eval()
-                model.text_encoder.eval()
-            with _StepProgress(f"epoch {epoch + 1}", steps, progress["step"]) as bar:
-                for step in range(progress["step"], steps):
-                    idx = self.train_caps[order[step * opts.batch_size:(step + 1) * opts.batch_size].numpy()]
-                    loss, match_loss, n_pairs = self._step(model, optimizer, store, idx)
-                    loss_sum += loss
-                    match_sum += match_loss
-                    pairs += n_pairs
-                    bar.update(loss_sum / (step + 1), pairs / max(1e-9, time.time() - started))
-                    if (step + 1) % opts.checkpoint_every == 0 and step + 1 < steps:
-                        save_state(self.out_dir, model, optimizer,
-                                   {**progress, "step": step + 1, "loss_sum": loss_sum,
-                                    "match_loss_sum": match_sum, "pairs": pairs})
-            train_time = time.time() - started
-            metrics = self.evaluate(model, store, self.val_caps, opts.val_shortlist)
-            row = {"epoch": epoch + 1, "loss": loss_sum / steps, "match_loss": match_sum / steps,
-                   **_prefixed(metrics), **self.chosen_weight,
-                   "val_embedding_rsum": round(self.embedding_metrics.rsum, 2),
-                   "lr": lr, "train_seconds": round(train_time, 1),
-                   "pairs_per_second": round(pairs / max(train_time, 1e-9), 1),
-                   "eval_seconds": round(time.time() - started - train_time, 1)}
-            improved = metrics.rsum > progress["best_rsum"]
-            if improved:
-                progress.update(best_rsum=metrics.rsum, best_epoch=epoch + 1, bad_epochs=0)
-                self.info.extra["best"] = {"epoch": epoch + 1, **metrics.to_dict(), **self.chosen_weight}
-                save_model(self.out_dir, model, self.info, self.data.vocab)
-            else:
-                progress["bad_epochs"] += 1
-            self._append_metrics(row)
-            self.log(f"epoch {epoch + 1}: loss {row['loss']:.4f} (matcher {row['match_loss']:.4f}), "
-                     f"val {metrics.short()}"
-                     + (f" at global weight {self.chosen_weight['global_weight']:g}" if self.chosen_weight else "")
-                     + f" (embedding alone {self.embedding_metrics.rsum:.1f})"
-                     f"{' (best)' if improved else ''}, {row['train_seconds']:.0f}s train "
-                     f"+ {row['eval_seconds']:.0f}s val, {row['pairs_per_second']:.0f} pairs/s")
-            progress.update(epoch=epoch + 1, step=0, loss_sum=0.0, match_loss_sum=0.0, pairs=0)
-            save_state(self.out_dir, model, optimizer, progress)
+            val = self.validate(model, store)
+            self.choose_and_save(model, optimizer, progress, stats, val, lr, time.time() - started)
         if progress["bad_epochs"] >= opts.patience:
             self.log(f"stopped early: no better val rsum for {opts.patience} epochs")
         self.log(f"best val rsum {progress['best_rsum']:.1f} at epoch {progress['best_epoch']}; "
                  f"model in {self.out_dir}")
         return json.loads((self.out_dir / "config.json").read_text())["best"]
+
+    # -- step 1: train one epoch ----------------------------------------------------------
+    def train_one_epoch(self, model, optimizer, store, progress: dict[str, Any], lr: float) -> EpochStats:
+        """The steps of epoch ``progress["epoch"]`` from ``progress["step"]`` on (a resumed
+        epoch continues where its checkpoint left it), checkpointing every
+        ``checkpoint_every`` steps."""
+        opts = self.opts
+        epoch = progress["epoch"]
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        n_train, steps = len(self.train_caps), self.steps_per_epoch()
+        order = torch.randperm(n_train, generator=torch.Generator().manual_seed(opts.seed * 100003 + epoch))
+        started = time.time()
+        loss_sum = progress.get("loss_sum", 0.0)
+        match_sum = progress.get("match_loss_sum", 0.0)
+        pairs = progress.get("pairs", 0)
+        model.train()
+        if opts.freeze_embedding:  # no dropout in the fixed head: it mines and scores
+            model.embedding.eval()
+            model.text_encoder.eval()
+        with _StepProgress(f"epoch {epoch + 1}", steps, progress["step"]) as bar:
+            for step in range(progress["step"], steps):
+                idx = self.train_caps[order[step * opts.batch_size:(step + 1) * opts.batch_size].numpy()]
+                loss, match_loss, n_pairs = self._step(model, optimizer, store, idx)
+                loss_sum += loss
+                match_sum += match_loss
+                pairs += n_pairs
+                bar.update(loss_sum / (step + 1), pairs / max(1e-9, time.time() - started))
+                if (step + 1) % opts.checkpoint_every == 0 and step + 1 < steps:
+                    save_state(self.out_dir, model, optimizer,
+                               {**progress, "step": step + 1, "loss_sum": loss_sum,
+                                "match_loss_sum": match_sum, "pairs": pairs})
+        return EpochStats(loss_sum / steps, match_sum / steps, pairs, time.time() - started)
+
+    # -- step 3: choose and save ----------------------------------------------------------
+    def choose_and_save(self, model, optimizer, progress: dict[str, Any], stats: EpochStats,
+                        val: Validation, lr: float, val_seconds: float) -> bool:
+        """Keep the epoch's model if val improved (the model directory then holds it), log
+        the epoch's row, and checkpoint the end of the epoch. Returns whether it improved."""
+        epoch = progress["epoch"]
+        metrics = val.metrics
+        row = {"epoch": epoch + 1, "loss": stats.loss, "match_loss": stats.match_loss,
+               **_prefixed(metrics), **val.chosen_weight,
+               "val_embedding_rsum": round(val.embedding.rsum, 2),
+               "lr": lr, "train_seconds": round(stats.seconds, 1),
+               "pairs_per_second": round(stats.pairs / max(stats.seconds, 1e-9), 1),
+               "eval_seconds": round(val_seconds, 1)}
+        improved = metrics.rsum > progress["best_rsum"]
+        if improved:
+            progress.update(best_rsum=metrics.rsum, best_epoch=epoch + 1, bad_epochs=0)
+            self.info.extra["best"] = {"epoch": epoch + 1, **metrics.to_dict(), **val.chosen_weight}
+            save_model(self.out_dir, model, self.info, self.data.vocab)
+        else:
+            progress["bad_epochs"] += 1
+        self._append_metrics(row)
+        weight = val.chosen_weight.get("global_weight")
+        self.log(f"epoch {epoch + 1}: loss {row['loss']:.4f} (matcher {row['match_loss']:.4f}), "
+                 f"val {metrics.short()}"
+                 + (f" at global weight {weight:g}" if weight is not None else "")
+                 + f" (embedding alone {val.embedding.rsum:.1f})"
+                 f"{' (best)' if improved else ''}, {row['train_seconds']:.0f}s train "
+                 f"+ {row['eval_seconds']:.0f}s val, {row['pairs_per_second']:.0f} pairs/s")
+        progress.update(epoch=epoch + 1, step=0, loss_sum=0.0, match_loss_sum=0.0, pairs=0)
+        save_state(self.out_dir, model, optimizer, progress)
+        return improved
 
     def _step(self, model, optimizer, store, idx: np.ndarray) -> tuple[float, float, int]:
         """One optimisation step; returns (loss, the matcher's part of it, pairs scored)."""
@@ -329,8 +330,9 @@ class Trainer:
         """Copy the one-to-one head (and the text encoder) of a trained model into ``model``."""
         from smcli.images.features import check_signature
         from smcli.models.factory import load_model
+        from smcli.models.pretrained import resolve_model
 
-        source = load_model(directory, self.device)
+        source = load_model(resolve_model(directory), self.device)
         if source.config.text_encoder != self.cfg.text_encoder:
             raise UsageError(f"--init {directory}: its text encoder is {source.config.text_encoder}, "
                              f"not {self.cfg.text_encoder}")
@@ -357,11 +359,7 @@ class Trainer:
             grid = model.score_pairs(img, txt, ii, cc).reshape(B, B).float()
             return ranking_loss_grid(grid, same, opts.margin, opts.negatives), B * B
         k = opts.mine
-        masked = emb.masked_fill(same, float("-inf"))
-        neg_c = masked.topk(k, dim=1).indices  # [B, k] other captions for pair i's image
-        neg_i = masked.topk(k, dim=0).indices.T  # [B, k] other pairs' images for caption j
-        valid_c = torch.isfinite(masked.gather(1, neg_c))
-        valid_i = torch.isfinite(masked.T.gather(1, neg_i))
+        neg_c, neg_i, valid_c, valid_i = mine_negatives(emb, same, k)
         ar = torch.arange(B, device=inv.device)
         ii = torch.cat([inv, inv.repeat_interleave(k), inv[neg_i.reshape(-1)]])
         cc = torch.cat([ar, neg_c.reshape(-1), ar.repeat_interleave(k)])
@@ -410,7 +408,7 @@ class _StepProgress:
 def train(regions: str, captions: str, out_dir: str | Path, cfg: ModelConfig,
           opts: TrainOptions) -> dict[str, Any]:
     """Train a matcher from a regions file and a captions file into ``out_dir``."""
-    from smcli.training.data import load_matching_data
+    from smcli.dataset import load_matching_data
 
     out = Path(out_dir)
     prepare_output(out, opts)
@@ -418,7 +416,9 @@ def train(regions: str, captions: str, out_dir: str | Path, cfg: ModelConfig,
     if saved is not None:
         # a resumed run continues with the settings it started with
         cfg = ModelConfig.from_dict(saved["config"])
-        opts = TrainOptions(**{**saved["options"], "resume": True, "device": opts.device})
+        known = {f.name for f in fields(TrainOptions)}
+        opts = TrainOptions(**{**{k: v for k, v in saved["options"].items() if k in known},
+                               "resume": True, "device": opts.device})
         say("train", f"resuming a {cfg.variant} ({cfg.text_encoder}) run with its saved settings")
     data = load_matching_data(regions, captions, with_regions=cfg.many_to_many)
     return Trainer(data, out, cfg, opts).run()

@@ -1,9 +1,11 @@
 """A trained matcher ready to use: loaded once, checked against the files it is given.
 
-:class:`MatchSession` is what ``score``, ``retrieve``, ``caption-rank`` and ``explain`` share:
-it loads a model directory, refuses region features from another backbone and captions
-with another vocabulary (one line saying which), turns images and texts into the model's
-per-side tensors, and scores pairs in batches.
+:class:`MatchModel` is what ``score``, ``retrieve``, ``caption-rank``, ``index`` and
+``explain`` share (and :class:`smcli.inference.api.Model`, what :func:`smcli.load_model`
+returns, adds the Python API on top): it refuses region features from another backbone and
+captions with another vocabulary (one line saying which), turns images and texts into the
+model's per-side tensors (:meth:`encode_images`, :meth:`encode_texts`) and scores pairs in
+batches (:meth:`score_pairs`, :meth:`exhaustive_scores`).
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import numpy as np
 import torch
 
 from smcli.errors import InputError
-from smcli.evaluation.scoring import encode_images, encode_texts, score_pair_list
+from smcli.inference.scoring import encode_images, encode_texts, score_pair_list
 from smcli.models.factory import LoadedModel, load_model
 from smcli.models.matchers import ImageSide, TextSide
+from smcli.models.pretrained import resolve_model
 from smcli.models.text_inputs import make_text_store
 from smcli.runtime import autocast, resolve_device, resolve_precision
 from smcli.text.normalize import tokenize
@@ -46,33 +49,36 @@ class Texts:
     side: TextSide
 
 
-class MatchSession:
+class MatchModel:
     def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "auto"):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.loaded: LoadedModel = load_model(model_dir, self.device)
+        self.loaded: LoadedModel = load_model(resolve_model(model_dir), self.device)
         self.model = self.loaded.model
-
-    @property
-    def name(self) -> str:
-        return str(self.loaded.directory)
+        # a pretrained model goes by its name, a model directory by its path
+        self.name = str(model_dir) if self.loaded.directory != Path(model_dir) else str(self.loaded.directory)
 
     @property
     def many_to_many(self) -> bool:
         return self.loaded.config.many_to_many
 
+    @property
+    def features(self) -> dict:
+        """Signature of the region features the model was trained on."""
+        return self.loaded.info.features
+
     def producer(self) -> dict:
-        """Metadata for files this session writes."""
+        """Metadata for files this model writes."""
         cfg = self.loaded.config
         return {"model": self.name, "model_hash": self.loaded.hash, "variant": cfg.variant,
-                "text_encoder": cfg.text_encoder, "features": self.loaded.info.features,
+                "text_encoder": cfg.text_encoder, "features": self.features,
                 "vocab_hash": self.loaded.info.vocab_hash}
 
     # -- checks -------------------------------------------------------------------------
     def check_features(self, feats_meta: dict, name: str) -> None:
         from smcli.images.features import check_signature
 
-        check_signature(self.loaded.info.features, feats_meta, f"{name} vs model {self.name}")
+        check_signature(self.features, feats_meta, f"{name} vs model {self.name}")
 
     def check_captions(self, stage) -> None:
         """Refuse captions whose token ids mean other words than the model's (bilstm)."""
@@ -94,30 +100,43 @@ class MatchSession:
 
     # -- sides --------------------------------------------------------------------------
     @torch.inference_mode()
-    def gallery(self, image_ids: Sequence[str], paths: Sequence[str], regions: np.ndarray,
-                global_: np.ndarray) -> Gallery:
+    def encode_images(self, image_ids: Sequence[str], paths: Sequence[str], regions: np.ndarray | None,
+                      global_: np.ndarray) -> Gallery:
         with autocast(self.device, self.precision):
             side = encode_images(self.model, regions, global_, device=self.device)
         return Gallery(list(image_ids), list(paths), side)
 
     @torch.inference_mode()
-    def texts(self, ids: Sequence[str], texts: Sequence[str],
-              token_ids: Sequence[Sequence[int]] | None = None, *, cache: bool = True) -> Texts:
+    def encode_texts(self, ids: Sequence[str], texts: Sequence[str],
+                     token_ids: Sequence[Sequence[int]] | None = None, *, cache: bool = True) -> Texts:
         store = make_text_store(self.loaded.config, list(texts), self.loaded.vocab, token_ids,
                                 cache=cache, device=self.device)
         with autocast(self.device, self.precision):
             side = encode_texts(self.model, store, device=self.device)
         return Texts(list(ids), list(texts), side)
 
+    def encode_image_set(self, images) -> Gallery:
+        """The :class:`Gallery` of an :class:`~smcli.inference.inputs.ImageSet` (or regions file)."""
+        return self.encode_images(images.image_ids, images.paths, images.regions, images.global_)
+
     # -- scores -------------------------------------------------------------------------
     @torch.inference_mode()
     def score_pairs(self, gallery: Gallery, texts: Texts, ii: np.ndarray, cc: np.ndarray,
                     progress=None) -> np.ndarray:
+        """Scores of the pairs (gallery[ii[k]], texts[cc[k]]), float64."""
         with autocast(self.device, self.precision):
             s = score_pair_list(self.model, gallery.side, texts.side,
                                 torch.as_tensor(ii, device=self.device),
                                 torch.as_tensor(cc, device=self.device), progress=progress)
         return s.cpu().numpy().astype(np.float64)
+
+    @torch.inference_mode()
+    def exhaustive_scores(self, gallery: Gallery, texts: Texts, progress=None) -> np.ndarray:
+        """Scores of every image x every text [I, C] by the full model."""
+        from smcli.inference.scoring import exhaustive_scores
+
+        with autocast(self.device, self.precision):
+            return exhaustive_scores(self.model, gallery.side, texts.side, progress=progress)
 
     @torch.inference_mode()
     def embedding_scores(self, gallery: Gallery, texts: Texts) -> np.ndarray:

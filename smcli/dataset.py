@@ -1,4 +1,7 @@
-"""Joining captions to region features, and the train / val splits of the result."""
+"""The matching data set: captions joined to region features on image_id, and its splits.
+
+Training (train and val) and the evaluation protocol (any split) both start here.
+"""
 
 from __future__ import annotations
 

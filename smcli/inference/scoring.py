@@ -1,4 +1,4 @@
-"""Scoring many images against many captions: exhaustive (chunked) and two-stage.
+"""The pair-scoring engine: per-side tensors in batches, pair lists, exhaustive and two-stage grids.
 
 Exhaustive scoring is the reference: every pair goes through the matcher, in chunks of an
 image block x a caption block so that memory stays bounded. Two-stage scoring shortlists

@@ -13,6 +13,9 @@ Index kinds: "flat" (exact; "auto" up to FLAT_UP_TO images), "ivf" (inverted lis
 8-bit scalar-quantised vectors, ~1 byte per dimension; "auto" above) and "hnsw" (a graph
 over the float32 vectors). nprobe (IVF) and efSearch (HNSW) are stored in the faiss file
 and recorded in meta.json.
+
+:func:`build_index` (``smcli index``) encodes every image of a regions file once and
+saves the gallery; :func:`open_gallery` opens one for queries.
 """
 
 from __future__ import annotations
@@ -335,3 +338,51 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
         ivf.nprobe = int(nprobe or spec.get("nprobe") or ivf.nprobe)
     return SavedGallery(d, meta, ids.column("image_id").to_pylist(), ids.column("path").to_pylist(),
                         index, sides)
+
+
+# ---------------------------------------------------------------------------------------
+# Building a gallery from a regions file (smcli index)
+
+CHUNK = 512  # images encoded at a time
+
+
+def build_index(model, regions_path: str, out: Path, kind: str = "auto") -> int:
+    """Encode every image of ``regions_path`` once and save the gallery; returns its size."""
+    import torch
+
+    from smcli.images.features import load_regions
+    from smcli.report import say
+    from smcli.runtime import autocast
+
+    feats = load_regions(regions_path)
+    model.check_features(feats.meta, feats.name)
+    embeddings = []
+
+    def chunks():
+        for start in range(0, len(feats.image_ids), CHUNK):
+            with torch.inference_mode(), autocast(model.device, model.precision):
+                r = torch.from_numpy(np.asarray(feats.regions[start:start + CHUNK], np.float32))
+                g = torch.from_numpy(np.asarray(feats.global_[start:start + CHUNK], np.float32))
+                side = model.model.encode_images(r.to(model.device), g.to(model.device))
+            embeddings.append(side.emb.float().cpu().numpy())
+            yield {name: getattr(side, name).float().cpu().numpy()
+                   for name in ("keys", "values", "ctx_a", "ctx_s") if getattr(side, name, None) is not None}
+
+    meta = {"model_hash": model.loaded.hash, "model": model.name,
+            "features": model.loaded.info.features, "regions_file": feats.name}
+    # save_gallery consumes the chunks before it needs the embeddings
+    save_gallery(Path(out), meta=meta, image_ids=feats.image_ids, paths=feats.paths,
+                 embeddings=_Deferred(embeddings), side_chunks=chunks(), kind=kind)
+    say("index", f"{len(feats.image_ids):,} images indexed in {out}")
+    return len(feats.image_ids)
+
+
+class _Deferred:
+    """Concatenates the embedding chunks when faiss asks for them."""
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+
+    def __array__(self, dtype=None, copy=None):
+        arr = np.concatenate(self.parts)
+        return arr.astype(dtype) if dtype is not None else arr

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from smcli.errors import InputError
+from smcli.errors import InputError, first_line
 
 
 def read_table_any(path: str, what: str) -> pa.Table:
@@ -31,7 +31,7 @@ def read_table_any(path: str, what: str) -> pa.Table:
                              convert_options=pcsv.ConvertOptions(strings_can_be_null=False,
                                                                  column_types=None))
     except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: unreadable {what} file ({str(exc).splitlines()[0]})") from None
+        raise InputError(f"{path}: unreadable {what} file ({first_line(exc)})") from None
 
 
 def require_columns(table: pa.Table, name: str, *groups: tuple[str, ...]) -> list[str]:

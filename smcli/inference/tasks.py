@@ -1,0 +1,286 @@
+"""What the search commands do, as library functions returning Arrow tables.
+
+- :func:`score_pairs`: a score for each (image, caption) pair, in input order;
+- :func:`rank_captions`: candidate captions ranked for each image;
+- :func:`search_images` / :func:`search_texts`: retrieval with a text or an image query.
+Rows that cannot be scored (unknown ids) go to the run report, never silently away.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from smcli.errors import InputError
+from smcli.inference.inputs import ImageSet, as_strings, read_table_any, require_columns
+from smcli.inference.matcher import Gallery, MatchModel, Texts
+from smcli.inference.ranking import Ranking, rank, ranking_table
+from smcli.report import RunReport
+
+
+@dataclass
+class CaptionSet:
+    """Captions from a captions file: ids, image ids, text and token ids."""
+
+    caption_ids: list[str]
+    image_ids: list[str | None]
+    captions: list[str]
+    token_ids: list[list[int]] | None  # None: tokenized from the text with the model's vocabulary
+    name: str
+
+
+def load_captions(model: MatchModel, path: str) -> CaptionSet:
+    from smcli.stage import open_stage
+
+    stage = open_stage(path, "captions")
+    try:
+        model.check_captions(stage)
+        t = stage.read(["caption_id", "image_id", "caption", "token_ids"])
+    finally:
+        stage.close()
+    return CaptionSet(t.column("caption_id").to_pylist(), t.column("image_id").to_pylist(),
+                      t.column("caption").to_pylist(), t.column("token_ids").to_pylist(), stage.name)
+
+
+def load_features(model: MatchModel, path: str | None):
+    from smcli.images.features import load_regions
+
+    feats = load_regions(path)
+    model.check_features(feats.meta, feats.name)
+    return feats
+
+
+# -- score ------------------------------------------------------------------------------
+
+def score_pairs(model: MatchModel, feats, caps: CaptionSet, pairs_path: str | None,
+                report: RunReport) -> pa.Table:
+    """Scores of (image_id, caption) pairs: from a pairs file (caption_id or caption text),
+    or each caption with its own image. Output rows keep the input order."""
+    cap_pos = {c: i for i, c in enumerate(caps.caption_ids)}
+    img_pos = feats.index()
+    if pairs_path is None:
+        source = caps.name
+        pair_images = caps.image_ids
+        pair_caps: list[str | None] = list(caps.caption_ids)
+        pair_texts: list[str | None] = [None] * len(pair_images)
+    else:
+        source = pairs_path
+        table = read_table_any(pairs_path, "pairs")
+        (img_col,) = require_columns(table, pairs_path, ("image_id", "image"))
+        pair_images = as_strings(table, img_col)
+        if "caption_id" in table.column_names:
+            pair_caps, pair_texts = as_strings(table, "caption_id"), [None] * table.num_rows
+        else:
+            (text_col,) = require_columns(table, pairs_path, ("caption", "text", "query"))
+            pair_caps, pair_texts = [None] * table.num_rows, as_strings(table, text_col)
+    keep, ii, text_rows = [], [], []
+    extra_texts: list[str] = []
+    for row, (image, cap, text) in enumerate(zip(pair_images, pair_caps, pair_texts), start=1):
+        where = f"row {row}"
+        if image is None or image not in img_pos:
+            report.reject(source, where, f"image {image!r} is not in {feats.name}")
+            continue
+        if cap is not None:
+            if cap not in cap_pos:
+                report.reject(source, where, f"caption {cap!r} is not in {caps.name}")
+                continue
+            text_rows.append(("caption", cap_pos[cap]))
+        else:
+            if not text or not text.strip():
+                report.reject(source, where, "empty caption")
+                continue
+            text_rows.append(("text", len(extra_texts)))
+            extra_texts.append(text)
+        keep.append(row - 1)
+        ii.append(img_pos[image])
+    if not keep:
+        raise InputError(f"{source}: no pair could be scored (see the rejected rows above)")
+    # encode each image and caption once, however many pairs use it
+    used_imgs, img_inv = np.unique(ii, return_inverse=True)
+    used_caps = sorted({r for kind, r in text_rows if kind == "caption"})
+    cap_local = {r: k for k, r in enumerate(used_caps)}
+    texts_all = [caps.captions[r] for r in used_caps] + extra_texts
+    ids_all = [caps.caption_ids[r] for r in used_caps] + [None] * len(extra_texts)
+    tok_all = ([caps.token_ids[r] for r in used_caps] if not extra_texts else None)
+    gallery = model.encode_images([feats.image_ids[i] for i in used_imgs],
+                              [feats.paths[i] for i in used_imgs],
+                              feats.regions[used_imgs], feats.global_[used_imgs])
+    texts = model.encode_texts(ids_all, texts_all, tok_all, cache=False)
+    cc = np.array([cap_local[r] if kind == "caption" else len(used_caps) + r for kind, r in text_rows])
+    scores = model.score_pairs(gallery, texts, img_inv, cc)
+    return pa.table({
+        "image_id": [pair_images[k] for k in keep],
+        "caption_id": [ids_all[c] for c in cc],
+        "caption": [texts_all[c] for c in cc],
+        "score": pa.array(scores, pa.float64()),
+    })
+
+
+# -- ranking texts for images, images for texts -------------------------------------------
+
+def texts_for_images(model: MatchModel, gallery: Gallery, texts: Texts, top_k: int,
+                     shortlist: int | None) -> Ranking:
+    """For each image, the best texts."""
+    return rank(_np(gallery.side.emb), cand_emb=_np(texts.side.emb), top_k=top_k,
+                many_to_many=model.many_to_many, shortlist=shortlist,
+                score_fn=lambda q, c: model.score_pairs(gallery, texts, q, c),
+                exhaustive_fn=lambda: model.exhaustive_scores(gallery, texts))
+
+
+def images_for_texts(model: MatchModel, gallery: Gallery, queries: Texts, top_k: int,
+                     shortlist: int | None) -> Ranking:
+    """For each query text, the best images of the gallery."""
+    return rank(_np(queries.side.emb), cand_emb=_np(gallery.side.emb),
+                top_k=top_k, many_to_many=model.many_to_many, shortlist=shortlist,
+                score_fn=lambda q, c: model.score_pairs(gallery, queries, c, q),
+                exhaustive_fn=lambda: model.exhaustive_scores(gallery, queries).T)
+
+
+def _np(t) -> np.ndarray:
+    return t.float().cpu().numpy()
+
+
+# -- caption-rank -----------------------------------------------------------------------
+
+CAPTION_RANK_COLUMNS = ["image_id", "caption_id", "caption", "rank", "score"]
+
+
+def rank_captions(model: MatchModel, images: ImageSet, caps: CaptionSet | None,
+                  candidates_path: str | None, top_k: int, shortlist: int | None,
+                  report: RunReport, *, cache: bool = True) -> pa.Table:
+    """Rank captions for each image: all of ``caps``, or each image's own candidate list."""
+    gallery = model.encode_image_set(images)
+    if candidates_path is None:
+        if caps is None:
+            raise InputError("caption-rank needs --captions or --candidates")
+        texts = model.encode_texts(caps.caption_ids, caps.captions, caps.token_ids, cache=cache)
+        ranking = texts_for_images(model, gallery, texts, top_k or len(caps.captions), shortlist)
+        return ranking_table(images.image_ids, ranking, "image_id",
+                             {"caption_id": texts.ids.__getitem__, "caption": texts.texts.__getitem__},
+                             order=CAPTION_RANK_COLUMNS)
+    table = read_table_any(candidates_path, "candidates")
+    img_col, text_col = require_columns(table, candidates_path, ("image_id", "image"), ("caption", "text"))
+    cand_imgs, cand_texts = as_strings(table, img_col), as_strings(table, text_col)
+    cand_ids = (as_strings(table, "caption_id") if "caption_id" in table.column_names
+                else [f"{candidates_path}:{r + 1}" for r in range(table.num_rows)])
+    pos = gallery.position()
+    keep = []
+    for r, (im, tx) in enumerate(zip(cand_imgs, cand_texts), start=1):
+        if im not in pos:
+            report.reject(candidates_path, f"row {r}", f"image {im!r} is not among the images ranked")
+        elif not tx or not tx.strip():
+            report.reject(candidates_path, f"row {r}", "empty caption")
+        else:
+            keep.append(r - 1)
+    if not keep:
+        raise InputError(f"{candidates_path}: no candidate could be ranked")
+    texts = model.encode_texts([cand_ids[k] for k in keep], [cand_texts[k] for k in keep], cache=False)
+    ii = np.array([pos[cand_imgs[k]] for k in keep])
+    scores = model.score_pairs(gallery, texts, ii, np.arange(len(keep)))
+    # each image's own candidates, best first
+    ranked = np.unique(ii)
+    items, vals = [], []
+    for img_row in ranked:
+        mine = np.flatnonzero(ii == img_row)
+        order = mine[np.argsort(-scores[mine], kind="stable")]
+        if top_k:
+            order = order[:top_k]
+        items.append(order)
+        vals.append(scores[order])
+    return ranking_table([gallery.image_ids[i] for i in ranked], Ranking(items, vals), "image_id",
+                         {"caption_id": texts.ids.__getitem__, "caption": texts.texts.__getitem__},
+                         order=CAPTION_RANK_COLUMNS)
+
+
+# -- retrieve ---------------------------------------------------------------------------
+
+def _check_queries(model: MatchModel, queries: list[str]) -> Texts:
+    for q in queries:
+        model.check_query(q)
+    return model.encode_texts([str(i + 1) for i in range(len(queries))], queries, cache=False)
+
+
+def _image_table(queries: list[str], ranking: Ranking, ids: list[str], paths: list[str]) -> pa.Table:
+    return ranking_table(queries, ranking, "query", {"id": ids.__getitem__, "path": paths.__getitem__})
+
+
+def search_images(model: MatchModel, feats, queries: list[str], top_k: int,
+                  shortlist: int | None) -> pa.Table:
+    """Text -> images over the gallery ``feats``."""
+    texts = _check_queries(model, queries)
+    gallery = model.encode_image_set(feats)
+    ranking = images_for_texts(model, gallery, texts, top_k, shortlist)
+    return _image_table(queries, ranking, gallery.image_ids, gallery.paths)
+
+
+def search_index(model: MatchModel, index_dir: str, queries: list[str], top_k: int,
+                 shortlist: int | None) -> pa.Table:
+    """Text -> images over a saved gallery (``smcli index``): faiss shortlists, and only the
+    shortlisted images' tensors are read from the memory maps and re-ranked."""
+    for q in queries:
+        model.check_query(q)
+    saved = open_index(model, index_dir)
+    return query_index(model, saved, queries, top_k, shortlist)
+
+
+def open_index(model: MatchModel, index_dir: str, *, nprobe: int | None = None):
+    """A saved gallery, refused unless it was built with the model."""
+    from smcli.inference.gallery import open_gallery
+
+    saved = open_gallery(index_dir, nprobe=nprobe)
+    if saved.meta.get("model_hash") != model.loaded.hash:
+        raise InputError(f"{index_dir}: built with model {saved.meta.get('model')} "
+                         f"({saved.meta.get('model_hash')}), not {model.name} ({model.loaded.hash}); "
+                         "rebuild it with smcli index")
+    return saved
+
+
+def query_index(model: MatchModel, saved, queries: list[str], top_k: int, shortlist: int | None,
+                timings: dict[str, float] | None = None) -> pa.Table:
+    """The query half of :func:`search_index`, over a gallery opened once with
+    :func:`open_index` (a server, a benchmark). ``timings``, when given, gets the seconds
+    spent in each step added to it: "encode" (text encoding, MiniLM included), "shortlist"
+    (faiss), "read" (shortlisted tensors from the memory maps), "rerank" (the matcher)."""
+    import time
+
+    if shortlist is None:
+        raise InputError("--exhaustive needs --regions, not --index (an index is for shortlists)")
+    clock = [time.perf_counter()]
+
+    def lap(step: str) -> None:
+        now = time.perf_counter()
+        if timings is not None:
+            timings[step] = timings.get(step, 0.0) + now - clock[0]
+        clock[0] = now
+
+    texts = _check_queries(model, queries)
+    lap("encode")
+
+    def score_fn(q: np.ndarray, c: np.ndarray) -> np.ndarray:
+        lap("shortlist")
+        rows = np.unique(c)
+        side = saved.image_side(rows, device=model.device)
+        lap("read")
+        local = np.searchsorted(rows, c)
+        s = model.score_pairs(Gallery([], [], side), texts, local, q)
+        lap("rerank")
+        return s
+
+    ranking = rank(_np(texts.side.emb), index=saved.index, top_k=top_k, many_to_many=model.many_to_many,
+                   shortlist=shortlist, score_fn=score_fn)
+    if not model.many_to_many:
+        lap("shortlist")
+    return _image_table(queries, ranking, saved.image_ids, saved.paths)
+
+
+def search_texts(model: MatchModel, images: ImageSet, caps: CaptionSet, top_k: int,
+                 shortlist: int | None) -> pa.Table:
+    """Image -> texts over the captions ``caps``."""
+    gallery = model.encode_image_set(images)
+    texts = model.encode_texts(caps.caption_ids, caps.captions, caps.token_ids)
+    ranking = texts_for_images(model, gallery, texts, top_k, shortlist)
+    return ranking_table(images.image_ids, ranking, "query",
+                         {"id": caps.caption_ids.__getitem__, "caption": caps.captions.__getitem__,
+                          "image_id": caps.image_ids.__getitem__})

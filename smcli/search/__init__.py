@@ -1,1 +1,0 @@
-"""Using a trained matcher: scoring pairs, retrieval, caption ranking, saved indexes."""
