@@ -258,12 +258,31 @@ def test_fused_weights_follow_the_parameters():
     torch.testing.assert_close(after, ref, **TOL)
 
 
-def test_pair_groups_place_every_pair_in_its_own_slot():
-    index = torch.tensor([2, 0, 2, 2, 1, 0])
-    groups = matchers._Groups(index, 4)
-    assert groups.m == 3 and groups.n == 4
-    assert sorted(groups.slot.tolist()) == sorted(set(groups.slot.tolist()))
-    assert (groups.slot // groups.m).tolist() == index.tolist()
+@pytest.mark.parametrize("index,n", [([2, 0, 2, 2, 1, 0], 4), ([3] * 20 + [0, 1, 1, 2], 5), ([1], 3), ([], 2)])
+def test_pair_groups_place_every_pair_in_its_own_slot_of_its_item(index, n):
+    index = torch.tensor(index, dtype=torch.long)
+    groups = matchers._Groups(index, n)
+    slots = groups.slot.tolist()
+    assert len(set(slots)) == len(slots) and all(0 <= s < groups.rows * groups.m for s in slots)
+    assert groups.row_item[groups.slot // groups.m].tolist() == index.tolist()
+    # no row is wider than about twice the mean, however many pairs one item has
+    assert 1 <= groups.m <= max(8, 2 * -(-len(index) // n))
+
+
+def test_hub_items_score_as_the_reference():
+    """One image in most pairs (a hub of mined negatives) takes several rows of the table."""
+    model = make("context").train()
+    ii = torch.tensor([3] * 30 + [0, 1, 2, 4, 0])
+    cc = torch.arange(35) % 6
+    assert matchers._Groups(ii, 5).rows > 5
+    img, txt = sides(model)
+    new = model.score_pairs(img, txt, ii, cc)
+    grads = _grads(model, new.sum())
+    img, txt = sides(model)
+    ref = ref_pairs(model, img, txt, ii, cc)[0]
+    torch.testing.assert_close(new, ref, **TOL)
+    for name, g in _grads(model, ref.sum()).items():
+        torch.testing.assert_close(grads[name], g, atol=5e-5, rtol=1e-3, msg=name)
 
 
 @pytest.mark.parametrize("attention", ["context", "plain", "uniform"])

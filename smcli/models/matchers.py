@@ -277,6 +277,9 @@ class SmLSTM(Matcher):
             keys_w = txt.keys[:, :L_used]
             ea_img, ea_txt = _exp_keys(img.keys), _exp_keys(txt.keys)
             ea_txt = None if ea_txt is None else ea_txt[:, :L_used]
+            if not grid:  # read twice a step (forward, backward): gathered per pair once
+                ea_img = None if ea_img is None else ea_img.index_select(0, ii)
+                ea_txt = None if ea_txt is None else ea_txt.index_select(0, cc)
             w_a, w_s = self.w_a.weight[0], self.w_s.weight[0]
             scale = self.att_log_scale.exp() if cfg.att_scale > 0 else None
         region_maps, word_maps, outputs, cosines = [], [], [], []
@@ -462,8 +465,8 @@ def _grid_logits(keys, ea, query, w, eb, *, images: bool, lengths) -> torch.Tens
 class _PairLogits(torch.autograd.Function):
     """w . tanh(keys[index] + query) for pairs: keys [N, K, da], index [P], query [P, da] ->
     [P, K], in blocks of pairs (each block gathers its own keys); the backward recomputes tanh
-    block by block instead of keeping [P, K, da] tensors. ``ea`` = exp(-2 keys) and ``eb`` =
-    exp(-2 query) select the exp form (see _tanh_block); both None: tanh itself."""
+    block by block instead of keeping [P, K, da] tensors. ``ea`` = exp(-2 keys[index]) [P, K, da]
+    and ``eb`` = exp(-2 query) select the exp form (see _tanh_block); both None: tanh itself."""
 
     @staticmethod
     def forward(ctx, keys, ea, index, query, w, eb):
@@ -475,7 +478,8 @@ class _PairLogits(torch.autograd.Function):
         ctx.dtypes = keys.dtype, query.dtype, w.dtype
         w_sum = float(wf.sum())
         for p0, p1, blk in _pair_blocks(n, K, da):
-            a, b = _gathered_tanh_block(kf, ea, index[p0:p1], qf[p0:p1], None if eb is None else eb[p0:p1], blk)
+            a, b = _gathered_tanh_block(kf, None if eb is None else ea[p0:p1], index[p0:p1], qf[p0:p1],
+                                        None if eb is None else eb[p0:p1], blk)
             torch.mv(blk.view(-1, da), wf * a, out=out[p0:p1].view(-1))
             if b:
                 out[p0:p1].add_(b * w_sum)
@@ -493,7 +497,8 @@ class _PairLogits(torch.autograd.Function):
         dz = None
         for p0, p1, blk in _pair_blocks(n, K, da):
             g = grad[p0:p1]
-            a, b = _gathered_tanh_block(kf, ea, index[p0:p1], qf[p0:p1], None if eb is None else eb[p0:p1], blk)
+            a, b = _gathered_tanh_block(kf, None if eb is None else ea[p0:p1], index[p0:p1], qf[p0:p1],
+                                        None if eb is None else eb[p0:p1], blk)
             if dz is None:
                 dz = torch.empty_like(blk)
             dzb = dz[:p1 - p0]
@@ -522,30 +527,38 @@ def _pair_blocks(n: int, K: int, da: int):
 
 
 def _gathered_tanh_block(keys, ea, index, query, eb, out):
-    """_tanh_block for pairs ``index`` of keys [N, K, da] and their queries [b, da]."""
+    """_tanh_block for a block of pairs: ``index`` into keys [N, K, da], their queries [b, da],
+    exp(-2 keys) of these pairs ``ea`` [b, K, da] and exp(-2 query) ``eb`` [b, da] (or None)."""
     if eb is None:
         torch.index_select(keys, 0, index, out=out)
         out.add_(query[:, None])
         out.tanh_()
         return 1.0, 0.0
-    torch.index_select(ea, 0, index, out=out)
-    out.mul_(eb[:, None]).add_(1.0)
+    torch.addcmul(_ONE, ea, eb[:, None], out=out)
     out.reciprocal_()
     return 2.0, -1.0
 
 
 class _Groups:
     """Pairs grouped by their image (or caption) for batched attention-weighted sums: pair k
-    sits in slot ``slot[k]`` of an [N, M] table (M: the most pairs of one item)."""
+    sits in slot ``slot[k]`` of a [rows, M] table, row j holding pairs of item ``row_item[j]``.
+    M is about twice the mean number of pairs per item; an item with more pairs (a hub of
+    mined negatives) takes several rows, an item without pairs none."""
 
     def __init__(self, index: torch.Tensor, n: int):
         counts = torch.bincount(index, minlength=n)
-        self.n, self.m = n, max(1, int(counts.max())) if len(index) else 1
+        P = len(index)
+        self.m = max(1, min(int(counts.max()) if P else 1, max(8, 2 * -(-P // max(1, n)))))
+        rows = (counts + self.m - 1) // self.m  # per item
+        self.rows = int(rows.sum())
+        self.row_item = torch.repeat_interleave(torch.arange(n, device=index.device), rows)
+        self.all_items = self.rows == n and bool((rows == 1).all())  # row j is item j
         order = torch.argsort(index, stable=True)
         starts = torch.cumsum(counts, 0) - counts
-        rank = torch.arange(len(index), device=index.device) - starts[index[order]]
+        rank = torch.arange(P, device=index.device) - starts[index[order]]  # within its item
+        row_start = torch.cumsum(rows, 0) - rows
         self.slot = torch.empty_like(index)
-        self.slot[order] = index[order] * self.m + rank
+        self.slot[order] = (row_start[index[order]] + rank // self.m) * self.m + rank % self.m
 
 
 def _pair_add(img_part: torch.Tensor, txt_part: torch.Tensor, pairs) -> torch.Tensor:
@@ -556,10 +569,14 @@ def _pair_add(img_part: torch.Tensor, txt_part: torch.Tensor, pairs) -> torch.Te
 
 def _weighted(weights: torch.Tensor, values: torch.Tensor, groups: _Groups | None, images: bool) -> torch.Tensor:
     """Attention-weighted sum of instances without copying values per pair."""
-    if groups is not None:  # pairs: weights [P, K] into an [N, M, K] table, one batched product per item
-        table = weights.new_zeros(groups.n * groups.m, weights.shape[-1]).index_copy(0, groups.slot, weights)
-        out = torch.bmm(table.view(groups.n, groups.m, -1), values.to(weights.dtype))
-        return out.view(groups.n * groups.m, -1).index_select(0, groups.slot)
+    if groups is not None:  # pairs: weights [P, K] into a [rows, M, K] table, one batched product per row
+        rows, m = groups.rows, groups.m
+        table = weights.new_zeros(rows * m, weights.shape[-1]).index_copy(0, groups.slot, weights)
+        values = values.to(weights.dtype)
+        if not groups.all_items:  # rows of other items (2-D: its backward, index_add_, is slow in 3-D)
+            values = values.reshape(len(values), -1).index_select(0, groups.row_item).view(rows, *values.shape[1:])
+        out = torch.bmm(table.view(rows, m, -1), values)
+        return out.view(rows * m, -1).index_select(0, groups.slot)
     if images:
         return torch.einsum("ick,ikd->icd", weights, values)
     return torch.einsum("ick,ckd->icd", weights, values)
