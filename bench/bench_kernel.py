@@ -349,6 +349,7 @@ def main() -> None:
         step_times[kernel] = med
         print(f"| {kernel} | {med * 1000:.0f} ms | {n / med:,.0f} |", flush=True)
     print(f"training step speed-up: {step_times['old'] / step_times['new']:.2f}x")
+    print(f"matmul bound again at the end: {matmul_gflops():.1f} GFLOP/s (the % above use the first figure)")
     print(f"# load average at end {os.getloadavg()[0]:.2f}; other smcli jobs: {background()}")
 
     if args.profile:
