@@ -14,7 +14,7 @@ ifeq ($(OS)-$(ARCH),Linux-x86_64)
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install test demo bench bench-flickr8k lint clean
+.PHONY: install test demo bench bench-flickr8k pretrained lint clean
 
 install: $(STAMP)
 
@@ -37,6 +37,14 @@ bench: install
 DATA ?= ../shared/data/flickr8k
 bench-flickr8k: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash bench/flickr8k.sh "$(DATA)"
+
+# Rebuild the shipped pretrained models (smcli/pretrained/) from the Flickr8k benchmark's
+# vse and smlstm runs (features, vse head, sm-LSTM re-ranker; then float16 copies checked on test).
+pretrained: install
+	for step in extract tokenize train eval; do \
+	    PATH="$(CURDIR)/$(BIN):$$PATH" STEP=$$step VARIANT="vse smlstm" EXHAUSTIVE=0 bash bench/flickr8k.sh "$(DATA)" || exit 1; \
+	done
+	$(BIN)/python bench/package_pretrained.py --work runs/flickr8k
 
 lint: install
 	$(BIN)/ruff check smcli tests bench

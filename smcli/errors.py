@@ -4,6 +4,7 @@ from __future__ import annotations
 
 EXIT_ERROR = 1  # bad input, incompatible files, a failed run
 EXIT_USAGE = 2  # bad arguments or options that do not make sense together
+EXIT_BELOW_GATE = 3  # a quality gate (--fail-under) was not met; the output was still written
 EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (like SIGPIPE); typer and rich exit 1
 
@@ -16,6 +17,12 @@ class SmcliError(Exception):
 
 class InputError(SmcliError):
     """A file or row the user gave is missing, malformed or of the wrong kind."""
+
+
+class GateError(SmcliError):
+    """A figure fell short of a --fail-under gate (the run itself succeeded)."""
+
+    exit_code = EXIT_BELOW_GATE
 
 
 class UsageError(SmcliError):

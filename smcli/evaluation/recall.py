@@ -93,3 +93,33 @@ def recall_metrics(i2t_scores: np.ndarray, caption_image: np.ndarray,
     mean = {k: float(np.mean([getattr(p, k) for p in parts]))
             for k in RecallMetrics.__dataclass_fields__ if k not in ("images", "captions")}
     return RecallMetrics(**mean, images=n_img, captions=n_cap)
+
+
+GATE_METRICS = frozenset({"i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum"})  # higher is better
+
+
+def parse_gates(specs: list[str], metrics: set[str]) -> dict[str, float]:
+    """``METRIC=VALUE`` gates (``rsum=300``, ``t2i_r1=20``) -> {metric: value}."""
+    from smcli.errors import UsageError
+
+    gates = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        name = name.strip().lower().replace("@", "")  # i2t_R@1 -> i2t_r1
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if not sep or number is None or name not in metrics:
+            raise UsageError(f"--fail-under {spec}: give METRIC=VALUE, METRIC one of {', '.join(sorted(metrics))}")
+        gates[name] = number
+    return gates
+
+
+def check_gates(values: dict[str, float], gates: dict[str, float], command: str) -> None:
+    """Raise :class:`~smcli.errors.GateError` naming every figure below its gate."""
+    from smcli.errors import GateError
+
+    short = [f"{k} {values[k]:g} < {v:g}" for k, v in gates.items() if not values[k] >= v]
+    if short:
+        raise GateError(f"{command}: below --fail-under: {', '.join(short)}")

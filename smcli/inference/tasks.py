@@ -54,10 +54,13 @@ def load_features(model: MatchModel, path: str | None):
 
 # -- score ------------------------------------------------------------------------------
 
-def score_pairs(model: MatchModel, feats, caps: CaptionSet, pairs_path: str | None,
+def score_pairs(model: MatchModel, feats, caps: CaptionSet | None, pairs_path: str | None,
                 report: RunReport) -> pa.Table:
     """Scores of (image_id, caption) pairs: from a pairs file (caption_id or caption text),
-    or each caption with its own image. Output rows keep the input order."""
+    or each caption with its own image. Output rows keep the input order. ``caps`` may be
+    None when the pairs file holds the caption text itself."""
+    if caps is None:
+        caps = CaptionSet([], [], [], [], "no captions file")
     cap_pos = {c: i for i, c in enumerate(caps.caption_ids)}
     img_pos = feats.index()
     if pairs_path is None:
@@ -71,6 +74,8 @@ def score_pairs(model: MatchModel, feats, caps: CaptionSet, pairs_path: str | No
         (img_col,) = require_columns(table, pairs_path, ("image_id", "image"))
         pair_images = as_strings(table, img_col)
         if "caption_id" in table.column_names:
+            if not caps.caption_ids:
+                raise InputError(f"{pairs_path}: pairs name caption_id, so --captions is needed to look them up")
             pair_caps, pair_texts = as_strings(table, "caption_id"), [None] * table.num_rows
         else:
             (text_col,) = require_columns(table, pairs_path, ("caption", "text", "query"))

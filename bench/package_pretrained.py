@@ -1,0 +1,148 @@
+"""Package the Flickr8k benchmark's models as smcli's pretrained models (``make pretrained``).
+
+    python bench/package_pretrained.py --work runs/flickr8k [--data ../shared/data/flickr8k]
+
+For each shipped model (``flickr8k``: the benchmark's sm-LSTM with its one-to-one head;
+``flickr8k-vse``: the one-to-one model alone) this copies the model directory into
+``smcli/pretrained/NAME/`` with float16 weights, scores the float16 copy on the test split
+the way the benchmark scored the float32 model (``smcli retrieve --eval``), refuses it if
+test rsum moves by more than 0.2, and writes ``card.json`` and ``MODEL_CARD.md``: the data
+and its terms, the exact commands, val and test metrics of both copies, the features it
+expects, the sha256 of the weights, the machine and precision, and its limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+
+from machine_info import cpu_model  # noqa: E402
+
+MODELS = {
+    "flickr8k": ("model-smlstm", "eval-smlstm-two-stage.json", ["--shortlist", "50"],
+                 "The Flickr8k benchmark's sm-LSTM (context-modulated attention over the 7x7 region grid and "
+                 "the MiniLM word states), trained as a re-ranker on the flickr8k-vse head; two-stage search."),
+    "flickr8k-vse": ("model-vse", "eval-vse-exhaustive.json", ["--exhaustive"],
+                     "The one-to-one model alone (global image feature and MiniLM sentence vector in a joint "
+                     "space, cosine score): fast, a dot product per pair."),
+}
+MAX_RSUM_DRIFT = 0.2
+TERMS = ("Flickr8k (Hodosh, Young & Hockenmaier, JAIR 2013): the photos are from Flickr and the "
+         "captions were collected for research; the data set is distributed for research use only. "
+         "These weights were trained on it and inherit that restriction.")
+LIMITS = ("Trained on 6,000 Flickr8k photos (everyday scenes: people, dogs, sports, streets) at "
+          "224x224 pixels with 30,000 English captions. It knows nothing of text in images, faces, "
+          "brands, fine-grained species or places it was not shown, and captions in other languages; "
+          "scores are comparable within one model, not across models. EfficientNet-Lite0 features "
+          "at 224 px (smcli extract-regions' default) are what it expects.")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def to_float16(src: Path, dst: Path) -> None:
+    from safetensors.torch import load, save
+
+    state = load(src.read_bytes())
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    tmp = dst.with_suffix(".tmp")
+    tmp.write_bytes(save(half))
+    tmp.replace(dst)
+
+
+def evaluate(model: Path, work: Path, extra: list[str]) -> dict:
+    out = work / f"eval-{model.name}-float16.json"
+    cmd = [sys.executable, "-m", "smcli", "retrieve", "--eval", "--split", "test", "--model", str(model),
+           "--regions", str(work / "feats.parquet"), "--captions", str(work / "captions.parquet"), *extra,
+           "-o", str(out)]
+    subprocess.run(cmd, check=True, cwd=REPO)
+    return json.loads(out.read_text())
+
+
+def metrics_of(d: dict) -> dict:
+    keys = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum")
+    return {k: d[k] for k in keys if k in d}
+
+
+def card_markdown(card: dict) -> str:
+    m_val, m32, m16 = card["val"], card["test_float32"], card["test"]
+    row = lambda m: " | ".join(f"{m[k]:.1f}" for k in ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5",  # noqa: E731
+                                                       "t2i_r10", "rsum"))
+    lines = [f"# {card['name']}", "", card["summary"], "",
+             f"- variant: {card['variant']} ({card['text_encoder']} text encoder)",
+             f"- features it expects: {card['features']['backbone']} at {card['features']['image_size']} px, "
+             f"{card['features']['grid'][0]}x{card['features']['grid'][1]} grid "
+             f"(`smcli extract-regions` defaults)",
+             f"- weights: float16; {card['size_bytes']:,} bytes with config and vocabulary; "
+             f"sha256 {card['weights_sha256']}",
+             f"- trained on: {card['machine']}, {card['precision']}",
+             *[f"- note: {n}" for n in card.get("notes", [])], "",
+             "| split | i2t R@1 | R@5 | R@10 | t2i R@1 | R@5 | R@10 | rsum |", "|---|---|---|---|---|---|---|---|",
+             f"| val (epoch chosen) | {row(m_val)} |", f"| test, float32 | {row(m32)} |",
+             f"| test, float16 (shipped) | {row(m16)} |", "", "## How it was made", ""]
+    lines += [f"    {c}" for c in card["commands"]]
+    lines += ["", "## Data and terms", "", card["terms"], "", "## Limits", "", card["limits"], ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "flickr8k")
+    ap.add_argument("--out", type=Path, default=REPO / "smcli" / "pretrained")
+    ap.add_argument("--only", nargs="*", default=list(MODELS))
+    ap.add_argument("--note", action="append", default=[], metavar="NAME=TEXT",
+                    help="A remark for a model's card (how this build departs from the recipe).")
+    args = ap.parse_args()
+    logs = args.work / "logs"
+    for name in args.only:
+        model_dir, eval_file, eval_args, summary = MODELS[name]
+        src = args.work / model_dir
+        dst = args.out / name
+        staging = args.out / f".{name}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for f in ("config.json", "vocab.txt"):
+            shutil.copy2(src / f, staging / f)
+        to_float16(src / "model.safetensors", staging / "model.safetensors")
+        float32 = json.loads((args.work / eval_file).read_text())
+        float16 = evaluate(staging, args.work, eval_args)
+        drift = abs(float16["rsum"] - float32["rsum"])
+        if drift > MAX_RSUM_DRIFT:
+            sys.exit(f"{name}: float16 test rsum {float16['rsum']} is {drift:.2f} from float32's {float32['rsum']}")
+        config = json.loads((src / "config.json").read_text())
+        steps = ["extract", "tokenize", "train-vse"] + (["train-smlstm"] if model_dir == "model-smlstm" else [])
+        commands = [(logs / f"{s}.cmd").read_text().strip().removeprefix("+ ") for s in steps]
+        commands.append(f"python bench/package_pretrained.py --only {name}  (make pretrained runs all of the above)")
+        notes = [t.partition("=")[2] for t in args.note if t.partition("=")[0] == name]
+        card = {
+            "name": name, "summary": summary, "notes": notes, "variant": config["model"]["variant"],
+            "text_encoder": config["model"]["text_encoder"], "features": config["features"],
+            "val": metrics_of(config["best"]), "epoch": config["best"].get("epoch"),
+            "global_weight": config["best"].get("global_weight"),
+            "test_float32": metrics_of(float32), "test": metrics_of(float16),
+            "test_protocol": " ".join(["smcli retrieve --eval --split test", *eval_args]),
+            "weights_sha256": sha256(staging / "model.safetensors"),
+            "size_bytes": sum(p.stat().st_size for p in staging.iterdir()),  # weights, config, vocabulary
+            "commands": commands, "terms": TERMS, "limits": LIMITS,
+            "data": "Flickr8k, train split (6,000 photos x 5 captions); epoch chosen on val; test reported",
+            "machine": f"{cpu_model()}, {platform.machine()}", "precision": "fp32 training (no AVX512-BF16)",
+        }
+        (staging / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        (staging / "MODEL_CARD.md").write_text(card_markdown(card))
+        shutil.rmtree(dst, ignore_errors=True)
+        staging.rename(dst)
+        print(f"{name}: test rsum {float16['rsum']} (float32 {float32['rsum']}), {card['size_bytes']:,} bytes -> {dst}")
+
+
+if __name__ == "__main__":
+    main()
