@@ -1,0 +1,285 @@
+"""``smcli score``, ``retrieve``, ``caption-rank`` and ``index``: using a trained matcher.
+
+--model, --regions and --captions default to $SMCLI_MODEL, $SMCLI_REGIONS, $SMCLI_CAPTIONS
+or the nearest smcli.toml (see ``smcli.defaults``); ``make demo`` writes one.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from smcli.cli.app import ERRORS_HELP, OUTPUT_HELP, STRICT_HELP, app
+
+MODEL_HELP = "Model directory from smcli train (default: $SMCLI_MODEL or smcli.toml)."
+REGIONS_HELP = "Regions Parquet (default: $SMCLI_REGIONS or smcli.toml)."
+CAPTIONS_HELP = "Captions Parquet (default: $SMCLI_CAPTIONS or smcli.toml)."
+SHORTLIST_HELP = "Candidates the one-to-one embedding shortlists for sm-LSTM to re-rank."
+EXHAUSTIVE_HELP = "Score every candidate with the matcher instead of a shortlist."
+DEVICE_HELP = "auto | cpu | cuda"
+PRECISION_HELP = "auto | fp32 | bf16"
+TABLE_HELP = "Print a readable table even when stdout is not a terminal (not with -o)."
+
+
+def _load(model: str | None, device: str, precision: str):
+    from smcli.defaults import resolve
+    from smcli.inference.matcher import MatchModel
+
+    return MatchModel(resolve("model", model), device=device, precision=precision)
+
+
+@app.command("score")
+def score_cmd(
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
+    regions: str | None = typer.Option(None, "--regions", help=REGIONS_HELP),
+    captions: str | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
+    pairs: str | None = typer.Option(
+        None, "--pairs", help="Parquet/CSV of image_id with caption_id or caption text; "
+                              "default: each caption of --captions with its own image."),
+    output: str | None = typer.Option(None, "-o", "--output", help=OUTPUT_HELP),
+    table: bool = typer.Option(False, "--table", help=TABLE_HELP),
+    errors: Path | None = typer.Option(None, "--errors", help=ERRORS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    fail_under: float | None = typer.Option(
+        None, "--fail-under", help="Exit 3 (after writing the scores) when the mean score is below this."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+) -> None:
+    """Score how well captions match images: writes image_id, caption_id, caption, score,
+    in input order, and prints the mean score. --pairs with caption text needs no --captions.
+    Example: smcli score --regions feats.parquet --pairs pairs.csv -o scores.parquet"""
+    import numpy as np
+
+    from smcli.defaults import resolve
+    from smcli.evaluation.recall import check_gates
+    from smcli.inference.tasks import load_captions, load_features, score_pairs
+    from smcli.output import emit, wants_table
+    from smcli.report import RunReport, say
+    from smcli.stage import resolve_output
+
+    if not wants_table(output, table):
+        resolve_output(output)  # fail before any work
+    report = RunReport("score", errors_path=errors, strict=strict)
+    matcher = _load(model, device, precision)
+    caps_path = resolve("captions", captions, required=pairs is None)
+    caps = load_captions(matcher, caps_path) if caps_path else None
+    feats = load_features(matcher, resolve("regions", regions))
+    result = score_pairs(matcher, feats, caps, pairs, report)
+    read = result.num_rows + len(report.rejects)
+    written = emit(result, "scores", {"command": "score", **matcher.producer()}, output,
+                   show=["image_id", "caption", "score"], force_table=table)
+    mean = float(np.mean(result.column("score").to_numpy()))
+    say("score", f"mean score {mean:.4f} over {result.num_rows:,} pairs")
+    report.finish(read=read, written=written, rejected=len(report.rejects))
+    if fail_under is not None:
+        check_gates({"mean": mean}, {"mean": fail_under}, "score")
+
+
+@app.command("retrieve")
+def retrieve_cmd(
+    query: list[str] | None = typer.Option(None, "--query", "-q", help="Text query (repeatable)."),
+    queries: str | None = typer.Option(None, "--queries", help="File of queries (any format tokenize reads)."),
+    image: list[str] | None = typer.Option(
+        None, "--image", help="Image id in --regions, or an image file (repeatable): image -> texts."),
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
+    regions: str | None = typer.Option(None, "--regions", help=REGIONS_HELP),
+    captions: str | None = typer.Option(None, "--captions", help=CAPTIONS_HELP),
+    index: str | None = typer.Option(
+        None, "--index", help="Saved gallery from smcli index (text queries; instead of --regions)."),
+    top_k: int = typer.Option(10, "--top-k", "-k", min=1, help="Results per query."),
+    shortlist: int = typer.Option(100, "--shortlist", min=1, help=SHORTLIST_HELP),
+    exhaustive: bool = typer.Option(False, "--exhaustive", help=EXHAUSTIVE_HELP),
+    evaluate: bool = typer.Option(False, "--eval", help="Evaluate on --split: R@1/5/10 both ways, rsum."),
+    split: str = typer.Option("test", "--split", help="Split for --eval."),
+    folds: int = typer.Option(1, "--folds", min=1, help="--eval over N equal folds, averaged (COCO 1K: 5)."),
+    fail_under: list[str] | None = typer.Option(
+        None, "--fail-under", help="With --eval: exit 3 (after writing the metrics) when METRIC=VALUE is not met, "
+                                   "e.g. rsum=300 or t2i_r1=20 (repeatable)."),
+    output: str | None = typer.Option(None, "-o", "--output", help=OUTPUT_HELP + " With --eval: .json or .parquet."),
+    table: bool = typer.Option(False, "--table", help=TABLE_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+) -> None:
+    """Search images with text (--query) or texts with an image (--image); or --eval.
+
+    Examples: smcli retrieve --query "a dog on grass";
+    smcli retrieve --image photo.jpg; smcli retrieve --eval --split test --exhaustive
+    """
+    from smcli.defaults import resolve
+    from smcli.errors import UsageError
+    from smcli.output import emit, wants_table
+    from smcli.stage import resolve_output
+
+    texts = list(query or [])
+    if evaluate:
+        if texts or queries or image:
+            raise UsageError("--eval evaluates a split; it takes no --query, --queries or --image")
+        return _evaluate(model, regions, captions, split, None if exhaustive else shortlist, folds,
+                         output, device, precision, fail_under or [])
+    if fail_under:
+        raise UsageError("--fail-under goes with --eval")
+    if queries:
+        texts += _read_queries(queries)
+    if not texts and not image:
+        raise UsageError("nothing to search: give --query TEXT, --queries FILE or --image ID_OR_PATH")
+    if texts and image:
+        raise UsageError("give text queries or --image, not both")
+    if not wants_table(output, table):
+        resolve_output(output)
+    matcher = _load(model, device, precision)
+    mode = None if exhaustive else shortlist
+    from smcli.inference import tasks
+
+    if texts:
+        index_dir = index or (None if regions else resolve("index", None, required=False))
+        if index_dir:
+            result = tasks.search_index(matcher, index_dir, texts, top_k, mode)
+        else:
+            feats = tasks.load_features(matcher, resolve("regions", regions))
+            result = tasks.search_images(matcher, feats, texts, top_k, mode)
+        show = ["query", "rank", "score", "path"]
+    else:
+        from smcli.inference.inputs import resolve_images
+
+        reg_path = resolve("regions", regions, required=False)
+        feats = tasks.load_features(matcher, reg_path) if reg_path else None
+        images = resolve_images(list(image), feats, matcher.features)
+        caps = tasks.load_captions(matcher, resolve("captions", captions))
+        result = tasks.search_texts(matcher, images, caps, top_k, mode)
+        show = ["query", "rank", "score", "caption"]
+    emit(result, "retrieval", {"command": "retrieve", "shortlist": mode, **matcher.producer()}, output,
+         show=show, group="query", force_table=table)
+
+
+def _read_queries(path: str) -> list[str]:
+    from smcli.report import RunReport
+    from smcli.text.readers import read_captions
+
+    report = RunReport("retrieve")
+    _, records = read_captions(path, "auto", report)
+    return [r.caption for r in records if r.caption.strip()]
+
+
+def _evaluate(model, regions, captions, split, shortlist, folds, output, device, precision, fail_under) -> None:
+    import json
+
+    from smcli.defaults import resolve
+    from smcli.evaluation.protocol import evaluate
+    from smcli.evaluation.recall import GATE_METRICS, check_gates, parse_gates
+    from smcli.report import say
+
+    gates = parse_gates(fail_under, GATE_METRICS)
+    matcher = _load(model, device, precision)
+    result = evaluate(matcher, resolve("regions", regions), resolve("captions", captions), split,
+                      shortlist=shortlist, folds=folds)
+    m = result.metrics
+    from rich.console import Console
+    from rich.table import Table
+
+    title = (f"{matcher.loaded.config.variant} ({matcher.loaded.config.text_encoder}) on {split}: "
+             f"{m.images:,} images, {m.captions:,} captions, {result.mode}"
+             + (f" (shortlist {result.shortlist})" if result.mode == "two-stage" else "")
+             + (f", {folds} folds" if folds > 1 else ""))
+    view = Table()
+    for c in ("direction", "R@1", "R@5", "R@10", "med r", "mean r"):
+        view.add_column(c, justify="right")
+    view.add_row("image->text", f"{m.i2t_r1:.1f}", f"{m.i2t_r5:.1f}", f"{m.i2t_r10:.1f}",
+                 f"{m.i2t_medr:.0f}", f"{m.i2t_meanr:.1f}")
+    view.add_row("text->image", f"{m.t2i_r1:.1f}", f"{m.t2i_r5:.1f}", f"{m.t2i_r10:.1f}",
+                 f"{m.t2i_medr:.0f}", f"{m.t2i_meanr:.1f}")
+    view.caption = f"rsum {m.rsum:.1f}; scoring {result.seconds:.1f} s, {result.pairs_scored:,} pairs"
+    console = Console(width=None if sys.stdout.isatty() else 120)
+    console.print(title)
+    console.print(view)
+    record = {**result.to_dict(), "model": matcher.name, "model_hash": matcher.loaded.hash,
+              "variant": matcher.loaded.config.variant, "text_encoder": matcher.loaded.config.text_encoder}
+    if output:
+        from smcli.stage import AtomicFile
+
+        if output.endswith(".parquet"):
+            import pyarrow as pa
+
+            from smcli.stage import OutputTarget, new_meta, write_table
+
+            rows = [{"split": split, "direction": d, "metric": k, "value": float(v)}
+                    for k, v in result.metrics.to_dict().items()
+                    for d in [("i2t" if k.startswith("i2t") else "t2i" if k.startswith("t2i") else "both")]]
+            write_table(OutputTarget(Path(output)), pa.Table.from_pylist(rows),
+                        new_meta("metrics", {"command": "retrieve --eval", **record}))
+        else:
+            out = AtomicFile(Path(output))
+            out.handle.write(json.dumps(record, indent=2).encode())
+            out.commit()
+        say("retrieve", f"metrics written to {output}")
+    check_gates(result.metrics.to_dict(), gates, "retrieve --eval")
+
+
+@app.command("caption-rank")
+def caption_rank_cmd(
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
+    regions: str | None = typer.Option(None, "--regions", help=REGIONS_HELP),
+    captions: str | None = typer.Option(None, "--captions", help=CAPTIONS_HELP + " Candidates for every image."),
+    candidates: str | None = typer.Option(
+        None, "--candidates", help="Parquet/CSV of image_id, caption: each image's own candidate list."),
+    image: list[str] | None = typer.Option(
+        None, "--image", help="Rank for these images (id in --regions or a file); default: all of --regions."),
+    top_k: int = typer.Option(10, "--top-k", "-k", min=0, help="Captions kept per image (0: all)."),
+    shortlist: int = typer.Option(100, "--shortlist", min=1, help=SHORTLIST_HELP),
+    exhaustive: bool = typer.Option(False, "--exhaustive", help=EXHAUSTIVE_HELP),
+    output: str | None = typer.Option(None, "-o", "--output", help=OUTPUT_HELP),
+    table: bool = typer.Option(False, "--table", help=TABLE_HELP),
+    errors: Path | None = typer.Option(None, "--errors", help=ERRORS_HELP),
+    strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+) -> None:
+    """Rank candidate captions for each image: writes image_id, caption_id, caption, rank, score.
+
+    Example: smcli caption-rank --image dog.jpg --candidates cands.csv
+    """
+    from smcli.defaults import resolve
+    from smcli.inference import tasks
+    from smcli.inference.inputs import ImageSet, resolve_images
+    from smcli.output import emit, wants_table
+    from smcli.report import RunReport
+    from smcli.stage import resolve_output
+
+    if not wants_table(output, table):
+        resolve_output(output)
+    report = RunReport("caption-rank", errors_path=errors, strict=strict)
+    matcher = _load(model, device, precision)
+    reg_path = resolve("regions", regions, required=not image)
+    feats = tasks.load_features(matcher, reg_path) if reg_path else None
+    if image:
+        images = resolve_images(list(image), feats, matcher.features)
+    else:
+        images = ImageSet(feats.image_ids, feats.paths, feats.regions, feats.global_)
+    caps = None
+    if candidates is None:
+        caps = tasks.load_captions(matcher, resolve("captions", captions))
+    result = tasks.rank_captions(matcher, images, caps, candidates, top_k,
+                                None if exhaustive else shortlist, report)
+    written = emit(result, "caption-ranks", {"command": "caption-rank", **matcher.producer()}, output,
+                   show=["image_id", "rank", "score", "caption"], group="image_id", force_table=table)
+    report.finish(images=len(images.image_ids), written=written, rejected=len(report.rejects))
+
+
+@app.command("index")
+def index_cmd(
+    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
+    regions: str | None = typer.Option(None, "--regions", help=REGIONS_HELP),
+    output: Path = typer.Option(..., "-o", "--output", help="Index directory to write."),
+    kind: str = typer.Option(
+        "auto", "--kind", help="auto (flat up to 200k images, ivf above) | flat (exact) | ivf | hnsw (approximate)."),
+    device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
+    precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+) -> None:
+    """Build a reusable search index of a gallery: faiss over the one-to-one embeddings plus
+    the per-image matcher tensors, memory-mapped. Use it with smcli retrieve --index."""
+    from smcli.defaults import resolve
+    from smcli.inference.gallery import build_index
+
+    matcher = _load(model, device, precision)
+    build_index(matcher, resolve("regions", regions), output, kind)
