@@ -61,7 +61,7 @@ def run_smcli(
     cwd: str | os.PathLike | None = None,
     env: dict[str, str] | None = None,
     python_flags: Sequence[str] = (),
-    timeout: float = 120,
+    timeout: float = 300,
 ) -> tuple[int, bytes, str]:
     """Run the real CLI (``sys.executable -m smcli``); returns (returncode, stdout, stderr).
 

@@ -8,7 +8,6 @@ test_extract_pretrained.py.
 from __future__ import annotations
 
 import csv
-import io
 import os
 import shutil
 import signal
@@ -21,60 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import EXAMPLES, assert_one_line_error, run_main, run_smcli
 from PIL import Image
 from test_extract_decode import make_bad_images
 
-REPO = Path(__file__).resolve().parent.parent
-IMAGES = REPO / "examples" / "images"
+IMAGES = EXAMPLES / "images"
 FAST = ["--weights", "none", "--image-size", "64", "--batch-size", "4"]
-
-
-def run_cli(*args, input: bytes | None = None, cwd=None, timeout: float = 300):
-    """The real CLI in a subprocess: (returncode, stdout bytes, stderr text)."""
-    env = dict(os.environ, NO_COLOR="1", COLUMNS="120", PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, "-m", "smcli", *map(str, args)], input=input,
-                          stdin=None if input is not None else subprocess.DEVNULL,
-                          capture_output=True, cwd=cwd, env=env, timeout=timeout)
-    return proc.returncode, proc.stdout, proc.stderr.decode("utf-8", "replace")
-
-
-def run_here(*args, input: bytes = b"", cwd=None):
-    """``smcli.cli.main`` in this process (much faster than a subprocess)."""
-    from smcli.cli import main
-
-    saved = sys.argv, sys.stdin, sys.stdout, sys.stderr
-    old_cwd = os.getcwd()
-    out = io.BytesIO()
-    err = io.StringIO()
-    sys.argv = ["smcli", *map(str, args)]
-    stdin = io.TextIOWrapper(io.BytesIO(input), encoding="utf-8")
-    stdout = io.TextIOWrapper(out, encoding="utf-8", write_through=True)
-    sys.stdin, sys.stdout, sys.stderr = stdin, stdout, err
-    rc = 0
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        main()
-    except SystemExit as exc:
-        rc = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    finally:
-        os.chdir(old_cwd)
-        sys.argv, sys.stdin, sys.stdout, sys.stderr = saved
-    stdout.flush()
-    data = out.getvalue()
-    stdout.detach()
-    return rc, data, err.getvalue()
-
-
-def one_error_line(rc: int, stderr: str, *fragments: str) -> str:
-    assert rc != 0, stderr
-    assert "Traceback" not in stderr, stderr
-    lines = stderr.strip().splitlines()
-    assert lines[-1].startswith("smcli: error:"), stderr
-    assert sum(ln.startswith("smcli: error:") for ln in lines) == 1, stderr
-    for f in fragments:
-        assert f in lines[-1], (f, lines[-1])
-    return lines[-1]
 
 
 def counts_line(stderr: str) -> dict[str, int]:
@@ -113,7 +64,7 @@ def test_examples_shapes_metadata_and_counts(tmp_path):
     from smcli.stage import open_stage
 
     out = tmp_path / "feats.parquet"
-    rc, _, err = run_here("extract-regions", IMAGES, "-o", out, *FAST)
+    rc, _, err = run_main("extract-regions", IMAGES, "-o", out, *FAST)
     assert rc == 0, err
     assert "warning: --weights none" in err
     assert counts_line(err) == {"listed": 32, "duplicates": 0, "processed": 32, "written": 32, "failed": 0}
@@ -148,7 +99,7 @@ def test_float32_and_global_only_loading(tmp_path):
 
     some_images(tmp_path / "imgs", 3)
     out = tmp_path / "f32.parquet"
-    rc, _, err = run_here("extract-regions", tmp_path / "imgs", "-o", out, *FAST, "--dtype", "float32")
+    rc, _, err = run_main("extract-regions", tmp_path / "imgs", "-o", out, *FAST, "--dtype", "float32")
     assert rc == 0, err
     f = load_regions(out, regions=False)
     assert f.regions is None and f.global_.dtype == np.float32 and f.global_.shape == (3, 1280)
@@ -171,7 +122,7 @@ def test_bad_inputs_are_reported_and_the_run_completes(tmp_path):
     (d / ".hidden.jpg").write_bytes(b"")
     errors = tmp_path / "errors.csv"
     out = tmp_path / "feats.parquet"
-    rc, _, err = run_here("extract-regions", d, "-o", out, "--errors", errors, *FAST)
+    rc, _, err = run_main("extract-regions", d, "-o", out, "--errors", errors, *FAST)
     assert rc == 0, err
     assert "ignored 1 file(s) without an image extension (e.g. README.txt)" in err
     ids = read(out).column("image_id").to_pylist()
@@ -195,8 +146,8 @@ def test_strict_makes_a_bad_image_fatal(tmp_path):
     some_images(d, 2)
     (d / "zz-empty.jpg").write_bytes(b"")
     out = tmp_path / "feats.parquet"
-    rc, _, err = run_here("extract-regions", d, "-o", out, "--strict", *FAST)
-    one_error_line(rc, err, "zz-empty.jpg", "empty file", "--strict")
+    rc, _, err = run_main("extract-regions", d, "-o", out, "--strict", *FAST)
+    assert_one_line_error(rc, err, "zz-empty.jpg", "empty file", "--strict")
     assert not out.exists()
     assert not list(tmp_path.glob(".feats.parquet.*.tmp"))
 
@@ -205,7 +156,7 @@ def test_same_file_twice_is_written_once(tmp_path):
     d = tmp_path / "imgs"
     files = some_images(d, 3)
     out = tmp_path / "feats.parquet"
-    rc, _, err = run_here("extract-regions", d, files[1], d, "-o", out, *FAST)
+    rc, _, err = run_main("extract-regions", d, files[1], d, "-o", out, *FAST)
     assert rc == 0, err
     assert read(out).column("image_id").to_pylist() == [p.name for p in files]
     c = counts_line(err)
@@ -218,7 +169,7 @@ def test_colliding_image_ids_are_rejected(tmp_path):
     b.parent.mkdir()
     shutil.copy(IMAGES / "2331510788_986809bbb4.jpg", b)  # another picture, same file name
     out = tmp_path / "feats.parquet"
-    rc, _, err = run_here("extract-regions", a, b, "-o", out, *FAST)
+    rc, _, err = run_main("extract-regions", a, b, "-o", out, *FAST)
     assert rc == 0, err
     assert read(out).column("path").to_pylist() == [str(a)]
     assert f"image_id {a.name!r} is already used" in err
@@ -231,7 +182,7 @@ def test_non_utf8_file_name_is_rejected(tmp_path):
     raw = os.path.join(os.fsencode(d), b"bad\xffname.jpg")
     shutil.copy(IMAGES / "2331510788_986809bbb4.jpg", raw)
     out = tmp_path / "feats.parquet"
-    rc, _, err = run_here("extract-regions", d, "-o", out, *FAST)
+    rc, _, err = run_main("extract-regions", d, "-o", out, *FAST)
     assert rc == 0, err
     assert "not valid UTF-8" in err and read(out).num_rows == 1
 
@@ -252,7 +203,7 @@ def test_same_features_from_file_directory_list_table_and_stdin(tmp_path):
         "stdin": (["-"], "".join(f"{p}\n" for p in files).encode()),
     }
     for key, (args, stdin) in runs.items():
-        rc, _, err = run_here("extract-regions", *args, "-o", outs[key], *FAST, input=stdin, cwd=tmp_path)
+        rc, _, err = run_main("extract-regions", *args, "-o", outs[key], *FAST, input=stdin, cwd=tmp_path)
         assert rc == 0, (key, err)
     feats = {k: regions_by_id(v) for k, v in outs.items()}
     names = [p.name for p in files]
@@ -262,7 +213,7 @@ def test_same_features_from_file_directory_list_table_and_stdin(tmp_path):
     for key in ("files", "list", "csv", "stdin"):
         for a, b in zip(feats["dir"].values(), feats[key].values(), strict=True):
             assert np.array_equal(a, b), key
-    c = counts_line(run_here("extract-regions", table, "--root", d, "-o", outs["csv"], *FAST)[2])
+    c = counts_line(run_main("extract-regions", table, "--root", d, "-o", outs["csv"], *FAST)[2])
     assert c["listed"] == 6 and c["duplicates"] == 3 and c["written"] == 3
 
 
@@ -275,7 +226,7 @@ def test_features_do_not_depend_on_workers_or_cores(tmp_path, size):
     for label, extra in {"w1": ["--workers", "1"], "w3": ["--workers", "3"],
                          "inline": ["--workers", "0", "--threads", "1"]}.items():
         outs[label] = tmp_path / f"{label}.parquet"
-        rc, _, errs[label] = run_here("extract-regions", *map(str, files), "-o", outs[label], *FAST,
+        rc, _, errs[label] = run_main("extract-regions", *map(str, files), "-o", outs[label], *FAST,
                                       "--image-size", str(size), *extra)
         assert rc == 0, (label, errs[label])
     feats = {k: regions_by_id(v) for k, v in outs.items()}
@@ -290,12 +241,12 @@ def test_few_images_are_spread_over_the_workers(tmp_path):
     """Fewer images than workers x the default batch: smaller batches, every worker busy."""
     files = some_images(tmp_path / "imgs", 5)
     out = tmp_path / "f.parquet"
-    rc, _, err = run_here("extract-regions", *map(str, files), "-o", out, "--weights", "none",
+    rc, _, err = run_main("extract-regions", *map(str, files), "-o", out, "--weights", "none",
                           "--image-size", "64", "--workers", "3")
     assert rc == 0, err
     assert "3 worker process(es) decoding and running the network" in err
     assert read(out).num_rows == 5
-    rc, _, err = run_here("extract-regions", *map(str, files), "-o", out, *FAST, "--workers", "3")
+    rc, _, err = run_main("extract-regions", *map(str, files), "-o", out, *FAST, "--workers", "3")
     assert rc == 0 and "2 worker process(es)" in err  # --batch-size 4 given: 2 batches, 2 workers
 
 
@@ -304,38 +255,38 @@ def test_parquet_input_with_path_column(tmp_path):
     src = tmp_path / "paths.parquet"
     pq.write_table(pa.table({"file_path": [str(p) for p in files] + [None]}), src)
     out = tmp_path / "feats.parquet"
-    rc, _, err = run_here("extract-regions", src, "-o", out, *FAST)
-    one_error_line(rc, err, "no path column", "--path-column")
-    rc, _, err = run_here("extract-regions", src, "--path-column", "file_path", "-o", out, *FAST)
+    rc, _, err = run_main("extract-regions", src, "-o", out, *FAST)
+    assert_one_line_error(rc, err, "no path column", "--path-column")
+    rc, _, err = run_main("extract-regions", src, "--path-column", "file_path", "-o", out, *FAST)
     assert rc == 0, err
     assert read(out).num_rows == 2 and "row 3" in err and "empty path" in err
 
 
 def test_argument_errors_are_one_line(tmp_path):
     out = tmp_path / "o.parquet"
-    one_error_line(*run_here("extract-regions", tmp_path / "nope", "-o", out)[::2], "nope", "no such file")
+    assert_one_line_error(*run_main("extract-regions", tmp_path / "nope", "-o", out)[::2], "nope", "no such file")
     (tmp_path / "l.txt").write_text("a.jpg\n")
-    one_error_line(*run_here("extract-regions", tmp_path / "l.txt", "-o", out)[::2], "@")
-    one_error_line(*run_here("extract-regions", "@missing.txt", "-o", out)[::2], "no such list file")
-    one_error_line(*run_here("extract-regions", IMAGES, "-o", out, "--backbone", "alexnet")[::2],
+    assert_one_line_error(*run_main("extract-regions", tmp_path / "l.txt", "-o", out)[::2], "@")
+    assert_one_line_error(*run_main("extract-regions", "@missing.txt", "-o", out)[::2], "no such list file")
+    assert_one_line_error(*run_main("extract-regions", IMAGES, "-o", out, "--backbone", "alexnet")[::2],
                    "alexnet", "efficientnet-lite0")
-    one_error_line(*run_here("extract-regions", IMAGES, "-o", out, "--dtype", "int8")[::2], "float16")
-    one_error_line(*run_here("extract-regions", IMAGES, "-o", out, "--image-size", "8")[::2], "--image-size")
-    one_error_line(*run_here("extract-regions", IMAGES, "-o", out, "--weights", "nofile.pth")[::2],
+    assert_one_line_error(*run_main("extract-regions", IMAGES, "-o", out, "--dtype", "int8")[::2], "float16")
+    assert_one_line_error(*run_main("extract-regions", IMAGES, "-o", out, "--image-size", "8")[::2], "--image-size")
+    assert_one_line_error(*run_main("extract-regions", IMAGES, "-o", out, "--weights", "nofile.pth")[::2],
                    "nofile.pth")
-    one_error_line(*run_here("extract-regions", IMAGES, "--resume", *FAST)[::2], "--resume")
+    assert_one_line_error(*run_main("extract-regions", IMAGES, "--resume", *FAST)[::2], "--resume")
     (tmp_path / "empty").mkdir()
-    one_error_line(*run_here("extract-regions", tmp_path / "empty", "-o", out)[::2], "no images found")
+    assert_one_line_error(*run_main("extract-regions", tmp_path / "empty", "-o", out)[::2], "no images found")
     assert not out.exists()
 
 
 def test_streams_to_stdout_and_never_to_a_terminal(tmp_path):
     files = some_images(tmp_path / "imgs", 2)
-    rc, out, err = run_cli("extract-regions", *files, *FAST)
+    rc, out, err = run_smcli("extract-regions", *files, *FAST)
     assert rc == 0, err
     table = pq.read_table(pa.BufferReader(out))
     assert table.num_rows == 2
-    rc, out, err = run_cli("extract-regions", "-", *FAST, "--no-progress",
+    rc, out, err = run_smcli("extract-regions", "-", *FAST, "--no-progress",
                            input="".join(f"{p}\n" for p in files).encode())
     assert rc == 0 and pq.read_table(pa.BufferReader(out)).num_rows == 2
 
@@ -370,7 +321,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     args = ["extract-regions", d, "--weights", "none", "--image-size", "128", "--batch-size", "2",
             "--workers", "1"]
     full = tmp_path / "full.parquet"
-    rc, _, err = run_here(*args, "-o", full)
+    rc, _, err = run_main(*args, "-o", full)
     assert rc == 0, err
 
     out = tmp_path / "feats.parquet"
@@ -389,7 +340,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     done = _journal_rows(journal)
     assert 6 <= done < 24
 
-    rc, _, err = run_here(*args, "-o", out, "--resume")
+    rc, _, err = run_main(*args, "-o", out, "--resume")
     assert rc == 0, err
     assert f"resuming: {done} image(s) done by the interrupted run" in err
     c = counts_line(err)
@@ -420,18 +371,18 @@ def test_resume_refuses_other_settings_and_fresh_run_discards(tmp_path):
         pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(bb.global_dim, np.float16)), bb.global_dim),
     ], schema=schema))
     j.release()
-    rc, _, err = run_here("extract-regions", d, "-o", out, *FAST[:-2], "--image-size", "96", "--resume")
-    one_error_line(rc, err, "--resume", "other settings", "image_size")
-    rc, _, err = run_here("extract-regions", d, "-o", out, *FAST)
+    rc, _, err = run_main("extract-regions", d, "-o", out, *FAST[:-2], "--image-size", "96", "--resume")
+    assert_one_line_error(rc, err, "--resume", "other settings", "image_size")
+    rc, _, err = run_main("extract-regions", d, "-o", out, *FAST)
     assert rc == 0 and "discarding the partial results" in err
-    rc, _, err = run_here("extract-regions", d, "-o", out, *FAST, "--resume")
+    rc, _, err = run_main("extract-regions", d, "-o", out, *FAST, "--resume")
     assert rc == 0 and "no interrupted run" in err
 
 
 def test_progress_only_when_asked_in_a_pipe(tmp_path):
     files = some_images(tmp_path / "imgs", 2)
     out = tmp_path / "feats.parquet"
-    rc, _, err = run_here("extract-regions", *files, "-o", out, *FAST)
+    rc, _, err = run_main("extract-regions", *files, "-o", out, *FAST)
     assert rc == 0 and "img/s" not in err  # stderr is not a terminal: quiet
-    rc, _, err = run_here("extract-regions", *files, "-o", out, *FAST, "--progress")
+    rc, _, err = run_main("extract-regions", *files, "-o", out, *FAST, "--progress")
     assert rc == 0 and "img/s" in err and "2/2" in err

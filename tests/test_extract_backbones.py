@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from smcli.errors import InputError, UsageError
+from smcli.images.backbones import BACKBONES
 
 REPO = Path(__file__).resolve().parent.parent
 IMAGES = REPO / "examples" / "images"
@@ -25,13 +26,22 @@ def _batch(size: int, n: int = 2):
     return torch.from_numpy(np.stack([load_image(str(p), size)[0] for p in paths]))
 
 
-@pytest.mark.parametrize("name,size,grid,dim,gdim", [
-    ("efficientnet-lite0", 64, (2, 2), 1280, 1280),
-    ("efficientnet-lite0", 448, (14, 14), 1280, 1280),
-    ("efficientnet-lite2", 64, (2, 2), 1280, 1280),
-    ("resnet152", 64, (2, 2), 2048, 2048),
-    ("vgg19", 64, (4, 4), 512, 4096),
-])
+# (grid at 64 px, region dim, global dim) of every registered backbone
+SHAPES_AT_64 = {
+    "efficientnet-lite0": ((2, 2), 1280, 1280),
+    "efficientnet-lite2": ((2, 2), 1280, 1280),
+    "resnet152": ((2, 2), 2048, 2048),
+    "vgg19": ((4, 4), 512, 4096),
+}
+CASES = [(name, 64, *SHAPES_AT_64.get(name, ((0, 0), 0, 0))) for name in sorted(BACKBONES)]
+CASES.append(("efficientnet-lite0", 448, (14, 14), 1280, 1280))
+
+
+def test_every_registered_backbone_is_tested():
+    assert set(SHAPES_AT_64) == set(BACKBONES)
+
+
+@pytest.mark.parametrize("name,size,grid,dim,gdim", CASES)
 def test_registry_entries_build_with_their_grids(name, size, grid, dim, gdim):
     from smcli.images.backbones import load_backbone
 
