@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLES, REPO, assert_one_line_error, run_smcli
+from conftest import EXAMPLES, REPO, assert_one_line_error, run_main, run_smcli
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def read(path):
 
 def test_score_each_caption_with_its_image(env, tmp_path):
     out = tmp_path / "scores.parquet"
-    rc, _, err = run_smcli("score", *common(env), "-o", out, cwd=REPO)
+    rc, _, err = run_main("score", *common(env), "-o", out, cwd=REPO)
     assert rc == 0, err
     t = read(out)
     caps = read(env["captions"])
@@ -50,13 +50,13 @@ def test_score_pairs_file_reports_unknown_ids_and_keeps_order(env, tmp_path):
         "315880837_90db309bab.jpg,missing#9\n"
     )
     out = tmp_path / "s.parquet"
-    rc, _, err = run_smcli("score", *common(env), "--pairs", pairs, "-o", out, cwd=REPO)
+    rc, _, err = run_main("score", *common(env), "--pairs", pairs, "-o", out, cwd=REPO)
     assert rc == 0, err
     assert "row 2" in err and "nope.jpg" in err and "row 4" in err and "missing#9" in err
     assert "read 4, written 2, rejected 2" in err
     t = read(out)
     assert t.column("image_id").to_pylist() == ["509778093_21236bb64d.jpg", "315880837_90db309bab.jpg"]
-    rc, _, err = run_smcli("score", *common(env), "--pairs", pairs, "--strict", "-o", out, cwd=REPO)
+    rc, _, err = run_main("score", *common(env), "--pairs", pairs, "--strict", "-o", out, cwd=REPO)
     assert_one_line_error(rc, err, "nope.jpg")
 
 
@@ -68,7 +68,7 @@ def test_score_caption_text_pairs_match_caption_id_pairs(env, tmp_path):
     by_text.write_text("image_id,caption\n" + "".join(f"{c['image_id']},\"{c['caption']}\"\n" for c in caps))
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
     for pairs, out in ((by_id, a), (by_text, b)):
-        rc, _, err = run_smcli("score", *common(env), "--pairs", pairs, "-o", out, cwd=REPO)
+        rc, _, err = run_main("score", *common(env), "--pairs", pairs, "-o", out, cwd=REPO)
         assert rc == 0, err
     np.testing.assert_allclose(read(a).column("score").to_numpy(), read(b).column("score").to_numpy(),
                                rtol=1e-3, atol=1e-3)
@@ -78,7 +78,7 @@ def test_score_caption_text_pairs_match_caption_id_pairs(env, tmp_path):
 
 def test_text_query_returns_ranked_images(env, tmp_path):
     out = tmp_path / "r.parquet"
-    rc, _, err = run_smcli("retrieve", *common(env), "--query", "a dog on grass", "--query",
+    rc, _, err = run_main("retrieve", *common(env), "--query", "a dog on grass", "--query",
                            "children playing soccer", "-k", "5", "-o", out, cwd=REPO)
     assert rc == 0, err
     t = read(out).to_pylist()
@@ -96,7 +96,7 @@ def test_two_stage_with_a_full_shortlist_equals_exhaustive(env, tmp_path):
     outs = []
     for mode in (("--exhaustive",), ("--shortlist", "32")):
         out = tmp_path / f"{mode[0]}.parquet"
-        rc, _, err = run_smcli("retrieve", *common(env), "-q", "a dog runs in the snow", "-k", "10",
+        rc, _, err = run_main("retrieve", *common(env), "-q", "a dog runs in the snow", "-k", "10",
                                *mode, "-o", out, cwd=REPO)
         assert rc == 0, err
         outs.append(read(out))
@@ -114,16 +114,16 @@ def test_retrieve_at_a_terminal_prints_a_table(env):
 
 @pytest.mark.parametrize("query,fragment", [("   ", "empty"), ("zzqx vvbnm", "vocabulary")])
 def test_bad_queries_are_one_line_errors(env, query, fragment):
-    rc, _, err = run_smcli("retrieve", *common(env), "-q", query, "-o", "/dev/null", cwd=REPO)
+    rc, _, err = run_main("retrieve", *common(env), "-q", query, "-o", "/dev/null", cwd=REPO)
     assert_one_line_error(rc, err, fragment)
 
 
 def test_image_query_by_id_and_by_path(env, tmp_path):
     image = "509778093_21236bb64d.jpg"
     by_id, by_path = tmp_path / "id.parquet", tmp_path / "path.parquet"
-    rc, _, err = run_smcli("retrieve", *common(env), "--image", image, "-k", "5", "-o", by_id, cwd=REPO)
+    rc, _, err = run_main("retrieve", *common(env), "--image", image, "-k", "5", "-o", by_id, cwd=REPO)
     assert rc == 0, err
-    rc, _, err = run_smcli("retrieve", "--model", env["model"], "--captions", env["captions"],
+    rc, _, err = run_main("retrieve", "--model", env["model"], "--captions", env["captions"],
                            "--image", EXAMPLES / "images" / image, "-k", "5", "-o", by_path, cwd=REPO)
     assert rc == 0, err
     a, b = read(by_id), read(by_path)
@@ -132,14 +132,14 @@ def test_image_query_by_id_and_by_path(env, tmp_path):
 
 
 def test_unknown_image_is_refused(env):
-    rc, _, err = run_smcli("retrieve", *common(env), "--image", "no_such.jpg", "-o", "/dev/null", cwd=REPO)
+    rc, _, err = run_main("retrieve", *common(env), "--image", "no_such.jpg", "-o", "/dev/null", cwd=REPO)
     assert_one_line_error(rc, err, "no_such.jpg")
 
 
 def test_defaults_from_smcli_toml(env, tmp_path):
     (tmp_path / "smcli.toml").write_text(
         f'model = "{env["model"]}"\nregions = "{env["feats"]}"\ncaptions = "{env["captions"]}"\n')
-    rc, out, err = run_smcli("retrieve", "--query", "a dog on grass", cwd=tmp_path)
+    rc, out, err = run_main("retrieve", "--query", "a dog on grass", cwd=tmp_path)
     assert rc == 0, err
     assert read_bytes_table(out).num_rows == 10
     rc, _, err = run_smcli("retrieve", "--query", "a dog on grass", cwd=tmp_path.parent,
@@ -161,13 +161,13 @@ def read_bytes_table(data: bytes):
 
 def test_index_then_retrieve_matches_the_regions_file(env, tmp_path):
     index = tmp_path / "gallery"
-    rc, _, err = run_smcli("index", "--model", env["model"], "--regions", env["feats"], "-o", index, cwd=REPO)
+    rc, _, err = run_main("index", "--model", env["model"], "--regions", env["feats"], "-o", index, cwd=REPO)
     assert rc == 0, err
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    rc, _, err = run_smcli("retrieve", "--model", env["model"], "--index", index, "-q", "a dog on grass",
+    rc, _, err = run_main("retrieve", "--model", env["model"], "--index", index, "-q", "a dog on grass",
                            "-o", a, cwd=REPO)
     assert rc == 0, err
-    rc, _, err = run_smcli("retrieve", *common(env), "-q", "a dog on grass", "-o", b, cwd=REPO)
+    rc, _, err = run_main("retrieve", *common(env), "-q", "a dog on grass", "-o", b, cwd=REPO)
     assert rc == 0, err
     ta, tb = read(a), read(b)
     # the index stores the matcher's tensors in float16: the same ranking up to near-ties
@@ -181,7 +181,7 @@ def test_eval_exhaustive_and_full_shortlist_agree(env, tmp_path):
     results = []
     for mode in (("--exhaustive",), ("--shortlist", "40")):
         out = tmp_path / f"m{len(results)}.json"
-        rc, stdout, err = run_smcli("retrieve", "--eval", "--split", "test", *common(env), *mode,
+        rc, stdout, err = run_main("retrieve", "--eval", "--split", "test", *common(env), *mode,
                                     "-o", out, cwd=REPO)
         assert rc == 0, err
         assert b"R@1" in stdout and b"rsum" in stdout
@@ -194,7 +194,7 @@ def test_eval_exhaustive_and_full_shortlist_agree(env, tmp_path):
 
 
 def test_eval_on_a_missing_split_is_refused(env):
-    rc, _, err = run_smcli("retrieve", "--eval", "--split", "nope", *common(env), cwd=REPO)
+    rc, _, err = run_main("retrieve", "--eval", "--split", "nope", *common(env), cwd=REPO)
     assert_one_line_error(rc, err, "nope", "splits found")
 
 
@@ -202,7 +202,7 @@ def test_eval_on_a_missing_split_is_refused(env):
 
 def test_caption_rank_over_all_captions(env, tmp_path):
     out = tmp_path / "ranks.parquet"
-    rc, _, err = run_smcli("caption-rank", *common(env), "--image", "509778093_21236bb64d.jpg",
+    rc, _, err = run_main("caption-rank", *common(env), "--image", "509778093_21236bb64d.jpg",
                            "--image", "315880837_90db309bab.jpg", "-k", "4", "-o", out, cwd=REPO)
     assert rc == 0, err
     t = read(out).to_pylist()
@@ -223,7 +223,7 @@ def test_caption_rank_with_candidate_lists(env, tmp_path):
         "nope.jpg,a cat\n"
     )
     out = tmp_path / "r.parquet"
-    rc, _, err = run_smcli("caption-rank", *common(env), "--candidates", cands, "-o", out, "-k", "0", cwd=REPO)
+    rc, _, err = run_main("caption-rank", *common(env), "--candidates", cands, "-o", out, "-k", "0", cwd=REPO)
     assert rc == 0, err
     assert "nope.jpg" in err and "rejected 1" in err
     t = read(out).to_pylist()

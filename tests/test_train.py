@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, SMALL_MODEL_ARGS, assert_one_line_error, child_env, run_smcli
+from conftest import REPO, SMALL_MODEL_ARGS, assert_one_line_error, child_env, run_main
 
 from smcli.dataset import load_matching_data
 from smcli.models import ModelConfig, create_model
@@ -54,7 +54,7 @@ def test_same_seed_gives_the_same_metrics(example_pipeline, tmp_path):
     args = ["train", "--regions", example_pipeline["feats"], "--captions", example_pipeline["captions"],
             "--epochs", "2", "--batch-size", "16", "--seed", "7", *SMALL_MODEL_ARGS]
     for name in ("a", "b"):
-        rc, _, err = run_smcli(*args, "-o", tmp_path / name, cwd=REPO, timeout=300)
+        rc, _, err = run_main(*args, "-o", tmp_path / name, cwd=REPO)
         assert rc == 0, err
     assert metrics(tmp_path / "a") == metrics(tmp_path / "b")
     a = (tmp_path / "a" / "model.safetensors").read_bytes()
@@ -65,7 +65,7 @@ def test_resume_after_kill_continues_to_the_same_result(example_pipeline, tmp_pa
     args = ["train", "--regions", str(example_pipeline["feats"]), "--captions",
             str(example_pipeline["captions"]), "--epochs", "3", "--batch-size", "8",
             "--checkpoint-every", "2", "--seed", "3", *SMALL_MODEL_ARGS]
-    rc, _, err = run_smcli(*args, "-o", tmp_path / "straight", cwd=REPO, timeout=300)
+    rc, _, err = run_main(*args, "-o", tmp_path / "straight", cwd=REPO)
     assert rc == 0, err
 
     out = tmp_path / "killed"
@@ -91,7 +91,7 @@ def test_resume_after_kill_continues_to_the_same_result(example_pipeline, tmp_pa
     done_before = len(metrics(out))
     assert done_before >= 1
 
-    rc, _, err = run_smcli(*args, "-o", out, "--resume", cwd=REPO, timeout=300)
+    rc, _, err = run_main(*args, "-o", out, "--resume", cwd=REPO)
     assert rc == 0, err
     assert "resuming at epoch 2" in err
     assert metrics(out) == metrics(tmp_path / "straight")
@@ -127,7 +127,7 @@ def test_cca_is_fitted_and_chosen_on_val(example_pipeline, tmp_path):
 
 
 def test_model_directory_is_not_clobbered(example_model, example_pipeline, tmp_path):
-    rc, _, err = run_smcli("train", "--regions", example_pipeline["feats"], "--captions",
+    rc, _, err = run_main("train", "--regions", example_pipeline["feats"], "--captions",
                            example_pipeline["captions"], "-o", example_model, cwd=REPO)
     assert_one_line_error(rc, err, "--overwrite")
 
@@ -147,9 +147,9 @@ def test_model_directory_contents(example_model):
 
 def test_captions_without_splits_are_refused(example_pipeline, tmp_path):
     caps = tmp_path / "nosplit.parquet"
-    rc, _, err = run_smcli("tokenize", REPO / "examples" / "captions.txt", "-o", caps, cwd=REPO)
+    rc, _, err = run_main("tokenize", REPO / "examples" / "captions.txt", "-o", caps, cwd=REPO)
     assert rc == 0, err
-    rc, _, err = run_smcli("train", "--regions", example_pipeline["feats"], "--captions", caps,
+    rc, _, err = run_main("train", "--regions", example_pipeline["feats"], "--captions", caps,
                            "-o", tmp_path / "m", cwd=REPO)
     assert_one_line_error(rc, err, "train split")
     assert not (tmp_path / "m" / "model.safetensors").exists()
@@ -159,15 +159,15 @@ def test_nothing_joins_is_one_clear_error(example_pipeline, tmp_path):
     caps = tmp_path / "other.csv"
     caps.write_text("image,caption,split\nnot_there.jpg,a dog runs,train\n")
     parquet = tmp_path / "other.parquet"
-    rc, _, err = run_smcli("tokenize", caps, "-o", parquet, cwd=REPO)
+    rc, _, err = run_main("tokenize", caps, "-o", parquet, cwd=REPO)
     assert rc == 0, err
-    rc, _, err = run_smcli("train", "--regions", example_pipeline["feats"], "--captions", parquet,
+    rc, _, err = run_main("train", "--regions", example_pipeline["feats"], "--captions", parquet,
                            "-o", tmp_path / "m", cwd=REPO)
     assert_one_line_error(rc, err, "no caption", "image_id")
 
 
 def test_wrong_kind_of_file_is_refused_before_work(example_pipeline, tmp_path):
-    rc, _, err = run_smcli("train", "--regions", example_pipeline["captions"], "--captions",
+    rc, _, err = run_main("train", "--regions", example_pipeline["captions"], "--captions",
                            example_pipeline["captions"], "-o", tmp_path / "m", cwd=REPO)
     assert_one_line_error(rc, err, "expected a regions file, got captions")
 
@@ -175,19 +175,19 @@ def test_wrong_kind_of_file_is_refused_before_work(example_pipeline, tmp_path):
 def test_features_from_another_backbone_are_refused(example_model, example_pipeline, tmp_path):
     feats = tmp_path / "random.parquet"
     images = sorted((REPO / "examples" / "images").iterdir())[:2]
-    rc, _, err = run_smcli("extract-regions", *images, "--weights", "none", "-o", feats, cwd=REPO)
+    rc, _, err = run_main("extract-regions", *images, "--weights", "none", "-o", feats, cwd=REPO)
     assert rc == 0, err
-    rc, _, err = run_smcli("score", "--model", example_model, "--regions", feats, "--captions",
+    rc, _, err = run_main("score", "--model", example_model, "--regions", feats, "--captions",
                            example_pipeline["captions"], "-o", tmp_path / "s.parquet", cwd=REPO)
     assert_one_line_error(rc, err, "features differ", "pretrained")
     assert not (tmp_path / "s.parquet").exists()
 
 
 def test_bilstm_with_glove_trains(example_pipeline, tmp_path):
-    rc, _, err = run_smcli("train", "--text-encoder", "bilstm", "--word-vectors", "glove-6b-50d",
+    rc, _, err = run_main("train", "--text-encoder", "bilstm", "--word-vectors", "glove-6b-50d",
                            "--regions", example_pipeline["feats"], "--captions", example_pipeline["captions"],
                            "-o", tmp_path / "b", "--epochs", "1", "--batch-size", "16", *SMALL_MODEL_ARGS,
-                           cwd=REPO, timeout=300)
+                           cwd=REPO)
     assert rc == 0, err
     assert "GloVe vectors for" in err
     assert np.isfinite(metrics(tmp_path / "b")[0]["loss"])
@@ -198,11 +198,11 @@ def test_reranker_on_a_frozen_embedding_head(example_pipeline, tmp_path):
 
     common = ["--regions", example_pipeline["feats"], "--captions", example_pipeline["captions"],
               "--batch-size", "16", *SMALL_MODEL_ARGS]
-    rc, _, err = run_smcli("train", "--variant", "vse", "-o", tmp_path / "vse", "--epochs", "2", *common,
-                           cwd=REPO, timeout=300)
+    rc, _, err = run_main("train", "--variant", "vse", "-o", tmp_path / "vse", "--epochs", "2", *common,
+                           cwd=REPO)
     assert rc == 0, err
-    rc, _, err = run_smcli("train", "-o", tmp_path / "rr", "--epochs", "2", "--init", tmp_path / "vse",
-                           "--freeze-embedding", "--fuse-global", "--local-skip", *common, cwd=REPO, timeout=300)
+    rc, _, err = run_main("train", "-o", tmp_path / "rr", "--epochs", "2", "--init", tmp_path / "vse",
+                           "--freeze-embedding", "--fuse-global", "--local-skip", *common, cwd=REPO)
     assert rc == 0, err
     assert "embedding head from" in err
     vse = load_file(tmp_path / "vse" / "model.safetensors")
@@ -211,7 +211,7 @@ def test_reranker_on_a_frozen_embedding_head(example_pipeline, tmp_path):
     assert head and all(np.array_equal(vse[k].numpy(), rr[k].numpy()) for k in head)
     assert any(k.startswith("lstm.") for k in rr)
     # a head of another size is refused in one line
-    rc, _, err = run_smcli("train", "-o", tmp_path / "bad", "--init", tmp_path / "vse", "--epochs", "1",
+    rc, _, err = run_main("train", "-o", tmp_path / "bad", "--init", tmp_path / "vse", "--epochs", "1",
                            *common, "--emb-dim", "32", cwd=REPO)
     assert_one_line_error(rc, err, "--init")
 
@@ -225,12 +225,12 @@ def test_global_weight_chosen_on_val_is_the_saved_models(example_pipeline, tmp_p
 
     common = ["--regions", example_pipeline["feats"], "--captions", example_pipeline["captions"],
               "--batch-size", "16", "--lr", "1e-3", *SMALL_MODEL_ARGS]
-    rc, _, err = run_smcli("train", "--variant", "vse", "-o", tmp_path / "vse", "--epochs", "3", *common,
-                           cwd=REPO, timeout=300)
+    rc, _, err = run_main("train", "--variant", "vse", "-o", tmp_path / "vse", "--epochs", "3", *common,
+                           cwd=REPO)
     assert rc == 0, err
-    rc, _, err = run_smcli("train", "-o", tmp_path / "rr", "--epochs", "3", "--init", tmp_path / "vse",
+    rc, _, err = run_main("train", "-o", tmp_path / "rr", "--epochs", "3", "--init", tmp_path / "vse",
                            "--freeze-embedding", "--global-weight", "val", "--val-shortlist", "5", *common,
-                           cwd=REPO, timeout=300)
+                           cwd=REPO)
     assert rc == 0, err
     assert "at global weight" in err
     rows = metrics(tmp_path / "rr")
@@ -239,10 +239,10 @@ def test_global_weight_chosen_on_val_is_the_saved_models(example_pipeline, tmp_p
     saved = float(load_file(tmp_path / "rr" / "model.safetensors")["global_weight"])
     assert saved == pytest.approx(best["global_weight"])
     assert best["rsum"] == max(r["val_rsum"] for r in rows)
-    rc, _, err = run_smcli("retrieve", "--eval", "--split", "val", "--shortlist", "5", "-o", tmp_path / "val.json",
+    rc, _, err = run_main("retrieve", "--eval", "--split", "val", "--shortlist", "5", "-o", tmp_path / "val.json",
                            "--model", tmp_path / "rr", "--regions", example_pipeline["feats"],
-                           "--captions", example_pipeline["captions"], cwd=REPO, timeout=300)
+                           "--captions", example_pipeline["captions"], cwd=REPO)
     assert rc == 0, err
     assert json.loads((tmp_path / "val.json").read_text())["rsum"] == pytest.approx(best["rsum"])
-    rc, _, err = run_smcli("train", "-o", tmp_path / "bad", "--global-weight", "often", *common, cwd=REPO)
+    rc, _, err = run_main("train", "-o", tmp_path / "bad", "--global-weight", "often", *common, cwd=REPO)
     assert_one_line_error(rc, err, "--global-weight")
