@@ -69,9 +69,8 @@ class RunReport:
             w = csv.writer(buf)
             w.writerow(cols.keys())
             w.writerows(zip(*cols.values()))
-            out = AtomicFile(self.errors_path)
-            out.handle.write(buf.getvalue().encode())
-            out.commit()
+            with AtomicFile(self.errors_path) as out:  # a failed write leaves no temporary
+                out.handle.write(buf.getvalue().encode())
         else:
             table = pa.table(cols, schema=pa.schema([(k, pa.string()) for k in cols]))
             meta = new_meta("errors", {"command": self.command})

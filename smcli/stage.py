@@ -114,13 +114,22 @@ class StageInput:
         return self.parquet.schema_arrow.names
 
     def read(self, columns: Iterable[str] | None = None) -> pa.Table:
-        return self.parquet.read(columns=list(columns) if columns is not None else None)
+        try:
+            return self.parquet.read(columns=list(columns) if columns is not None else None)
+        except (pa.ArrowException, OSError) as exc:  # damaged pages: bad compression, bad encoding
+            raise self._damaged(exc) from None
 
     def iter_batches(
         self, batch_size: int = 4096, columns: Iterable[str] | None = None
     ) -> Iterator[pa.RecordBatch]:
         cols = list(columns) if columns is not None else None
-        yield from self.parquet.iter_batches(batch_size=batch_size, columns=cols)
+        try:
+            yield from self.parquet.iter_batches(batch_size=batch_size, columns=cols)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._damaged(exc) from None
+
+    def _damaged(self, exc: BaseException) -> InputError:
+        return InputError(f"{self.name}: unreadable Parquet data ({first_line(exc, 100)}); damaged or truncated?")
 
     def close(self) -> None:
         self.parquet.close()
@@ -223,10 +232,14 @@ class OutputTarget:
         return "<stdout>" if self.path is None else str(self.path)
 
 
-def resolve_output(output: str | os.PathLike | None, *, what: str = "Parquet") -> OutputTarget:
-    """Decide where output goes, refusing a terminal. Call before doing any work."""
+def resolve_output(output: str | os.PathLike | None, *, what: str = "Parquet",
+                   inputs: Iterable[str | os.PathLike | None] = ()) -> OutputTarget:
+    """Decide where output goes, refusing a terminal and any of ``inputs``. Call before
+    doing any work."""
     if output is not None and str(output) != "-":
-        return OutputTarget(check_output_path(output))
+        path = check_output_path(output)
+        check_not_input(path, inputs)
+        return OutputTarget(path)
     if sys.stdout.isatty():
         raise UsageError(
             f"refusing to write {what} to a terminal; use -o FILE or pipe the output "
@@ -243,6 +256,23 @@ def check_output_path(output: str | os.PathLike, option: str = "-o") -> Path:
     if not path.parent.exists():
         raise UsageError(f"{option} {output}: directory {path.parent} does not exist")
     return path
+
+
+def check_not_input(output: str | os.PathLike | None, inputs: Iterable[str | os.PathLike | None],
+                    option: str = "-o") -> None:
+    """Refuse an output that is one of the inputs (the same file by any name: a link, a
+    relative path), before any work: writing it would destroy the input."""
+    if output is None or str(output) == "-" or not os.path.exists(output):
+        return
+    for given in inputs:
+        if given is None or str(given) in ("", "-"):
+            continue
+        try:
+            same = os.path.samefile(output, given)
+        except OSError:  # an input that does not exist: its reader says so
+            continue
+        if same:
+            raise UsageError(f"{option} {output}: is the input {given}; write the output to another file")
 
 
 def _umask() -> int:
@@ -266,15 +296,35 @@ class AtomicFile:
         self.handle: IO[bytes] = os.fdopen(fd, "wb")
 
     def commit(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self.tmp_path, self.path)
+        try:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            os.replace(self.tmp_path, self.path)
+        except BaseException:  # a full disk fails the flush or close: the temporary goes too
+            self.abort()
+            raise
 
     def abort(self) -> None:
-        if not self.handle.closed:
-            self.handle.close()
-        self.tmp_path.unlink(missing_ok=True)
+        """Delete the temporary, whatever closing it says (on a full disk close() raises)."""
+        try:
+            self.tmp_path.unlink(missing_ok=True)
+        finally:
+            if not self.handle.closed:
+                try:
+                    self.handle.close()
+                except OSError:
+                    pass
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """Commit when the block succeeds, else abort (the temporary never stays)."""
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
 
 
 class _StdoutSink:

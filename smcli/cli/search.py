@@ -60,7 +60,7 @@ def score_cmd(
     from smcli.stage import resolve_output
 
     if not wants_table(output, table):
-        resolve_output(output)  # fail before any work
+        resolve_output(output, inputs=(regions, captions, pairs))  # fail before any work
     report = RunReport("score", errors_path=errors, strict=strict)
     matcher = _load(model, device, precision)
     caps_path = resolve("captions", captions, required=pairs is None)
@@ -127,7 +127,7 @@ def retrieve_cmd(
     if texts and image:
         raise UsageError("give text queries or --image, not both")
     if not wants_table(output, table):
-        resolve_output(output)
+        resolve_output(output, inputs=(regions, captions, queries))
     matcher = _load(model, device, precision)
     mode = None if exhaustive else shortlist
     from smcli.inference import tasks
@@ -247,7 +247,7 @@ def caption_rank_cmd(
     from smcli.stage import resolve_output
 
     if not wants_table(output, table):
-        resolve_output(output)
+        resolve_output(output, inputs=(regions, captions, candidates))
     report = RunReport("caption-rank", errors_path=errors, strict=strict)
     matcher = _load(model, device, precision)
     reg_path = resolve("regions", regions, required=not image)
@@ -273,13 +273,16 @@ def index_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Index directory to write."),
     kind: str = typer.Option(
         "auto", "--kind", help="auto (flat up to 200k images, ivf above) | flat (exact) | ivf | hnsw (approximate)."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace an existing smcli index in -o (never another directory)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Build a reusable search index of a gallery: faiss over the one-to-one embeddings plus
     the per-image matcher tensors, memory-mapped. Use it with smcli retrieve --index."""
     from smcli.defaults import resolve
-    from smcli.inference.gallery import build_index
+    from smcli.inference.gallery import build_index, check_build
 
+    check_build(output, kind, overwrite=overwrite)  # before the model loads
     matcher = _load(model, device, precision)
-    build_index(matcher, resolve("regions", regions), output, kind)
+    build_index(matcher, resolve("regions", regions), output, kind, overwrite=overwrite)

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from smcli.errors import InputError
+from smcli.errors import InputError, UsageError, first_line
 
 META_FILE = "meta.json"
 IDS_FILE = "images.parquet"
@@ -257,9 +257,39 @@ class _NpyWriter:
             raise ValueError(f"side chunks gave {self.rows} images, not {self.shape[0]}")
 
 
+def _gallery_file(name: str) -> bool:
+    return name in (META_FILE, IDS_FILE, FAISS_FILE) or name.endswith(".npy")
+
+
+def check_gallery_output(directory: str | os.PathLike, *, overwrite: bool = False, option: str = "-o") -> Path:
+    """Check, before any work, that a gallery may be written at ``directory``.
+
+    A new name, or an empty directory, is fine. An existing non-empty directory is refused
+    unless ``overwrite``; and even then only an smcli gallery (its meta.json and nothing
+    but gallery files) is replaced: smcli never deletes a directory it did not write."""
+    path = Path(directory)
+    where = f"{option} {directory}"
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{where}: exists and is not a directory; give a new directory name")
+    if not path.parent.is_dir():
+        raise UsageError(f"{where}: directory {path.parent} does not exist")
+    full = path.resolve()
+    if full == Path.cwd().resolve() or full in Path.cwd().resolve().parents or not full.name:
+        raise UsageError(f"{where}: is the current directory or above it; give a new directory name")
+    if not path.is_dir() or not any(path.iterdir()):
+        return path
+    if not overwrite:
+        raise UsageError(f"{where}: directory exists and is not empty; use --overwrite to replace an smcli index")
+    others = sorted(p.name for p in path.iterdir() if not (p.is_file() and _gallery_file(p.name)))
+    if not (path / META_FILE).is_file() or others:
+        extra = f" (it holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''})" if others else ""
+        raise UsageError(f"{where}: not an smcli index{extra}; refusing to replace it, even with --overwrite")
+    return path
+
+
 def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str], paths: list[str],
                  embeddings, side_chunks, kind: str = "auto", nlist: int | None = None,
-                 nprobe: int = IVF_NPROBE) -> None:
+                 nprobe: int = IVF_NPROBE, overwrite: bool = False) -> None:
     """Write an index directory; ``side_chunks`` yields dicts of name -> [n, ...] arrays in
     image order (so the per-image tensors never need to fit in memory at once).
 
@@ -267,11 +297,15 @@ def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str],
     vectors the faiss index is built over; or None, when the chunks carry them under "emb"
     (then they too are streamed to disk and never held in memory at once). Sides are stored
     as float16; "emb" as float32, and kept only where the index is lossy (IVF), so that
-    re-ranking reads exact embeddings."""
+    re-ranking reads exact embeddings.
+
+    An existing directory is replaced only with ``overwrite`` and only when it is a gallery
+    (:func:`check_gallery_output`)."""
     import faiss
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    directory = check_gallery_output(directory, overwrite=overwrite).resolve()
     n = len(image_ids)
     spec = index_spec(n, kind, nlist=nlist, nprobe=nprobe)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
@@ -309,9 +343,19 @@ def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str],
         pq.write_table(pa.table({"image_id": image_ids, "path": paths}), tmp / IDS_FILE)
         meta = {**meta, "images": n, "sides": names, "index": spec.to_json()}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
+        old = None
+        if directory.is_dir() and any(directory.iterdir()):
+            check_gallery_output(directory, overwrite=overwrite)  # still a gallery we may replace
+            old = directory.with_name(f".{directory.name}.old-{os.getpid()}")
+            os.replace(directory, old)  # set aside, so that a failure below loses nothing
+        try:
+            os.replace(tmp, directory)
+        except BaseException:
+            if old is not None:
+                os.replace(old, directory)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         for w in writers.values():
             w.handle.close()
@@ -328,16 +372,40 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
     d = Path(directory)
     if not (d / META_FILE).is_file():
         raise InputError(f"{directory}: not an smcli index (no {META_FILE}); build one with smcli index")
-    meta = json.loads((d / META_FILE).read_text())
-    ids = pq.read_table(d / IDS_FILE)
-    sides = {name: np.load(d / f"{name}.npy", mmap_mode="r") for name in meta.get("sides", [])}
-    index = faiss.read_index(str(d / FAISS_FILE))
-    spec = meta.get("index") or {}
-    if spec.get("kind") == "ivf":
-        ivf = faiss.extract_index_ivf(index)  # faiss saves nprobe too; meta.json is the record
-        ivf.nprobe = int(nprobe or spec.get("nprobe") or ivf.nprobe)
-    return SavedGallery(d, meta, ids.column("image_id").to_pylist(), ids.column("path").to_pylist(),
-                        index, sides)
+    damaged = f"{directory}: damaged smcli index"
+    try:
+        meta = json.loads((d / META_FILE).read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"{damaged} ({META_FILE}: {first_line(exc, 80)}); rebuild it with smcli index") from None
+    if (not isinstance(meta, dict) or not isinstance(meta.get("sides", []), list)
+            or not all(isinstance(x, str) for x in meta.get("sides", []))
+            or not isinstance(meta.get("index") or {}, dict) or not isinstance(meta.get("images", 0), int)):
+        raise InputError(f"{damaged} ({META_FILE} is not the meta of a gallery); rebuild it with smcli index")
+    what = IDS_FILE
+    try:
+        ids = pq.read_table(d / IDS_FILE)
+        image_ids, paths = ids.column("image_id").to_pylist(), ids.column("path").to_pylist()
+        sides = {}
+        for name in meta.get("sides", []):
+            what = f"{name}.npy"
+            sides[name] = np.load(d / what, mmap_mode="r", allow_pickle=False)
+        what = FAISS_FILE
+        index = faiss.read_index(str(d / FAISS_FILE))
+        spec = meta.get("index") or {}
+        if spec.get("kind") == "ivf":
+            ivf = faiss.extract_index_ivf(index)  # faiss saves nprobe too; meta.json is the record
+            ivf.nprobe = int(nprobe or spec.get("nprobe") or ivf.nprobe)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as exc:
+        # pyarrow, numpy and faiss errors on truncated or missing files (faiss: RuntimeError)
+        raise InputError(f"{damaged} ({what}: {first_line(exc, 80)}); rebuild it with smcli index") from None
+    n = len(image_ids)
+    bad = [f"{k}.npy" for k, v in sides.items() if v.ndim == 0 or len(v) != n]
+    if index.ntotal != n:
+        bad.append(FAISS_FILE)
+    if bad or meta.get("images", n) != n or len(paths) != n:
+        raise InputError(f"{damaged} ({', '.join(bad) or META_FILE}: image count differs from {IDS_FILE}'s {n}); "
+                         "rebuild it with smcli index")
+    return SavedGallery(d, meta, image_ids, paths, index, sides)
 
 
 # ---------------------------------------------------------------------------------------
@@ -346,14 +414,23 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
 CHUNK = 512  # images encoded at a time
 
 
-def build_index(model, regions_path: str, out: Path, kind: str = "auto") -> int:
-    """Encode every image of ``regions_path`` once and save the gallery; returns its size."""
+def check_build(out: str | os.PathLike, kind: str, *, overwrite: bool = False) -> Path:
+    """The checks of ``smcli index`` that need no model: the kind and the output directory."""
+    if kind not in KINDS:
+        raise UsageError(f"--kind {kind}: unknown index kind (one of {', '.join(KINDS)})")
+    return check_gallery_output(out, overwrite=overwrite)
+
+
+def build_index(model, regions_path: str, out: Path, kind: str = "auto", *, overwrite: bool = False) -> int:
+    """Encode every image of ``regions_path`` once and save the gallery; returns its size.
+    ``out`` must be new or empty, or (with ``overwrite``) a gallery to replace."""
     import torch
 
     from smcli.images.features import load_regions
     from smcli.report import say
     from smcli.runtime import autocast
 
+    check_build(out, kind, overwrite=overwrite)
     feats = load_regions(regions_path)
     model.check_features(feats.meta, feats.name)
     embeddings = []
@@ -372,7 +449,7 @@ def build_index(model, regions_path: str, out: Path, kind: str = "auto") -> int:
             "features": model.loaded.info.features, "regions_file": feats.name}
     # save_gallery consumes the chunks before it needs the embeddings
     save_gallery(Path(out), meta=meta, image_ids=feats.image_ids, paths=feats.paths,
-                 embeddings=_Deferred(embeddings), side_chunks=chunks(), kind=kind)
+                 embeddings=_Deferred(embeddings), side_chunks=chunks(), kind=kind, overwrite=overwrite)
     say("index", f"{len(feats.image_ids):,} images indexed in {out}")
     return len(feats.image_ids)
 

@@ -71,6 +71,5 @@ class Vocab:
     def save(self, path: str | Path) -> None:
         from smcli.stage import AtomicFile
 
-        out = AtomicFile(Path(path))
-        out.handle.write(self.to_text().encode())
-        out.commit()
+        with AtomicFile(Path(path)) as out:  # a failed write leaves no temporary
+            out.handle.write(self.to_text().encode())
