@@ -69,6 +69,18 @@ def _summary(ranks: np.ndarray) -> tuple[float, ...]:
     return (*recalls, float(np.floor(np.median(ranks)) + 0.0), float(ranks.mean()))
 
 
+def check_finite(scores: np.ndarray, what: str) -> None:
+    """Refuse NaN/inf scores, naming the first: a NaN compares false with everything, so
+    it would rank first or never, and give hits and mean ranks below 1 that mean nothing."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        from smcli.errors import InputError
+
+        i, c = (int(x[0]) for x in np.nonzero(bad))
+        raise InputError(f"{what} scores: {int(bad.sum()):,} non-finite (NaN/inf), first at image row {i}, "
+                         f"caption column {c}; the features or the model hold NaN/inf")
+
+
 def recall_metrics(i2t_scores: np.ndarray, caption_image: np.ndarray,
                    t2i_scores: np.ndarray | None = None, folds: int = 1) -> RecallMetrics:
     """Protocol metrics. ``t2i_scores`` defaults to ``i2t_scores`` (they differ only in
@@ -76,6 +88,9 @@ def recall_metrics(i2t_scores: np.ndarray, caption_image: np.ndarray,
     i2t_scores = np.asarray(i2t_scores, dtype=np.float64)
     t2i_scores = i2t_scores if t2i_scores is None else np.asarray(t2i_scores, dtype=np.float64)
     caption_image = np.asarray(caption_image)
+    check_finite(i2t_scores, "image-to-text")
+    if t2i_scores is not i2t_scores:
+        check_finite(t2i_scores, "text-to-image")
     n_img, n_cap = i2t_scores.shape
     if folds == 1:
         a = _summary(image_to_text_ranks(i2t_scores, caption_image))

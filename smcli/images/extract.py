@@ -96,6 +96,9 @@ def default_workers(device: str = "cpu") -> int:
 
 
 def _check_options(opts: ExtractOptions) -> None:
+    from smcli.images.backbones import check_image_size
+
+    opts.image_size = check_image_size(opts.image_size)  # before anything divides by it
     if opts.batch_size is None:
         opts.batch_size = default_batch_size(opts.image_size)
     if opts.dtype not in DTYPES:
@@ -416,6 +419,18 @@ def _extract_loop(todo: Sequence[ImageItem], backbone: Backbone, opts: ExtractOp
             elif dec.images is not None:
                 regions, glob_ = _run_network(backbone, dec.images, np_dtype, len(dec.images))
             if dec.indices:
+                n = len(dec.indices)
+                finite = np.isfinite(regions.reshape(n, -1)).all(1) & np.isfinite(glob_.reshape(n, -1)).all(1)
+                if not finite.all():  # NaN/inf from the network (damaged weights): never written
+                    for pos in np.flatnonzero(~finite).tolist():
+                        report.reject(todo[dec.indices[pos]].path, "",
+                                      "non-finite (NaN/inf) features from the backbone; check its weights")
+                        failed += 1
+                    keep = np.flatnonzero(finite)
+                    dec.indices = [dec.indices[k] for k in keep.tolist()]
+                    dec.sizes = [dec.sizes[k] for k in keep.tolist()]
+                    regions, glob_ = regions[keep], glob_[keep]
+            if dec.indices:
                 batch = _rows(todo, dec.indices, dec.sizes, regions, glob_, schema)
                 writer.write(batch)
                 if journal is not None:
@@ -511,7 +526,7 @@ def extract_regions(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     Returns the counts of the run (also printed on stderr).
     """
     from smcli.images.sources import list_images
-    from smcli.stage import resolve_output
+    from smcli.stage import check_not_input, resolve_output
 
     target = resolve_output(None if output is None else str(output))
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(ExtractOptions)})
@@ -524,6 +539,10 @@ def extract_regions(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     if listing.listed == 0:
         raise InputError(f"no images found in {' '.join(inputs)} (looked for image extensions "
                          "in directories; lists and tables were empty)")
+    named = [*inputs, *(it.path for it in listing.items)]
+    check_not_input(target.path, named)  # before any work: writing would destroy an input
+    if errors is not None:
+        check_not_input(errors, named, "--errors")
     counts = run_extract(listing.items, target, opts, report)
     final = {"listed": listing.listed, "duplicates": listing.duplicates}
     if counts["resumed"]:

@@ -82,6 +82,21 @@ def _fixed_list_numpy(column: pa.ChunkedArray, width: int) -> np.ndarray:
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
+FINITE_CHUNK = 4096  # rows checked for NaN/inf at a time (bounds the temporary mask)
+
+
+def _check_finite(name: str, column: str, values: np.ndarray, table: pa.Table) -> None:
+    """Refuse a file with NaN/inf features, naming the rows: a NaN must never rank."""
+    bad: list[int] = []
+    for start in range(0, len(values), FINITE_CHUNK):
+        part = values[start:start + FINITE_CHUNK]
+        bad.extend((start + np.flatnonzero(~np.isfinite(part).all(1))).tolist())
+    if bad:
+        first = table.column("image_id")[bad[0]].as_py()
+        raise InputError(f"{name}: non-finite (NaN/inf) {column} features in {len(bad):,} row(s) "
+                         f"(first: row {bad[0]}, image_id {first!r}); re-extract them")
+
+
 def load_regions(source: str | os.PathLike | StageInput, *, regions: bool = True) -> RegionFeatures:
     """Load a regions file (path or an opened stage). ``regions=False`` skips the grids
     (only the global vectors: much less memory)."""
@@ -96,9 +111,14 @@ def load_regions(source: str | os.PathLike | StageInput, *, regions: bool = True
         dim = int(meta["dim"])
         cols = ["image_id", "path", "width", "height", "global"] + (["regions"] if regions else [])
         table = stage.read(cols)
+        for col in cols[4:]:  # the feature columns: fixed-size lists of floats
+            t = table.schema.field(col).type
+            if not (pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type)):
+                raise InputError(f"{stage.name}: column {col} is {t}, not a fixed-size list of floats")
         gfield = table.schema.field("global").type
         gdim = int(getattr(gfield, "list_size", 0) or meta.get("global_dim", dim))
         glob = _fixed_list_numpy(table.column("global"), gdim)
+        _check_finite(stage.name, "global", glob, table)
         reg = None
         if regions:
             rtype = table.schema.field("regions").type
@@ -106,7 +126,9 @@ def load_regions(source: str | os.PathLike | StageInput, *, regions: bool = True
             if getattr(rtype, "list_size", width) != width:
                 raise InputError(f"{stage.name}: regions column width {rtype.list_size} does not "
                                  f"match grid {gh}x{gw} x dim {dim}")
-            reg = _fixed_list_numpy(table.column("regions"), width).reshape(-1, gh * gw, dim)
+            reg = _fixed_list_numpy(table.column("regions"), width)
+            _check_finite(stage.name, "regions", reg, table)
+            reg = reg.reshape(-1, gh * gw, dim)
         return RegionFeatures(
             image_ids=table.column("image_id").to_pylist(),
             paths=table.column("path").to_pylist(),

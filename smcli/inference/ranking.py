@@ -29,8 +29,22 @@ class Ranking:
     scores: list[np.ndarray]
 
 
+def check_finite(values: np.ndarray, what: str) -> None:
+    """Refuse NaN/inf scores or embeddings, naming the first row: a NaN must never rank
+    (it sorts last, so its candidate would silently drop out) nor count as a hit."""
+    values = np.asarray(values)
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(1) if values.size else np.zeros(0, bool)
+    if bad.any():
+        from smcli.errors import InputError
+
+        raise InputError(f"{what}: non-finite (NaN/inf) values in {int(bad.sum()):,} row(s), first row "
+                         f"{int(np.flatnonzero(bad)[0])}; the features or the model hold NaN/inf")
+
+
 def top_columns(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, the k best columns in descending score order (stable for ties)."""
+    """Per row, the k best columns in descending score order (stable for ties); NaN/inf
+    scores are refused."""
+    check_finite(scores, "scores")
     k = min(k, scores.shape[1])
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(scores, order, 1)
@@ -45,7 +59,10 @@ def rerank_shortlists(candidates: np.ndarray, score_fn: PairScorer, top_k: int) 
     valid = cc >= 0
     s = np.full(len(cc), -np.inf)
     if valid.any():
-        s[valid] = score_fn(qq[valid], cc[valid])
+        got = np.asarray(score_fn(qq[valid], cc[valid]))
+        if not np.isfinite(got).all():
+            check_finite(got, "re-ranked scores (rows are query-candidate pairs)")
+        s[valid] = got
     s = s.reshape(n_q, -1)
     local, vals = top_columns(s, top_k)
     items = np.take_along_axis(candidates, local, 1)
@@ -66,6 +83,9 @@ def rank(query_emb: np.ndarray, *, top_k: int, many_to_many: bool, shortlist: in
     """
     from smcli.inference.gallery import build_faiss, search
 
+    check_finite(query_emb, "query embeddings")
+    if cand_emb is not None:
+        check_finite(cand_emb, "candidate embeddings")
     if not many_to_many or shortlist is not None and shortlist <= 0:
         if index is None:
             order, vals = top_columns(query_emb @ cand_emb.T, top_k)

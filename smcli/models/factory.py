@@ -76,13 +76,11 @@ def save_model(directory: Path, model, info: ModelInfo, vocab) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     blob = save(state)
-    weights = AtomicFile(directory / WEIGHTS_FILE)
-    weights.handle.write(blob)
-    weights.commit()
+    with AtomicFile(directory / WEIGHTS_FILE) as weights:  # a failed write leaves no temporary
+        weights.handle.write(blob)
     vocab.save(directory / VOCAB_FILE)
-    cfg_file = AtomicFile(directory / CONFIG_FILE)
-    cfg_file.handle.write(json.dumps(info.to_json(), indent=2, sort_keys=True).encode())
-    cfg_file.commit()
+    with AtomicFile(directory / CONFIG_FILE) as cfg_file:
+        cfg_file.handle.write(json.dumps(info.to_json(), indent=2, sort_keys=True).encode())
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -103,12 +101,21 @@ def load_model(directory: str | Path, device: str = "cpu") -> LoadedModel:
     if not (d / WEIGHTS_FILE).is_file():
         raise InputError(f"{directory}: no {WEIGHTS_FILE}; was training interrupted before the first epoch?")
     blob = (d / WEIGHTS_FILE).read_bytes()
-    model = create_model(cfg)
+    try:
+        model = create_model(cfg)
+    except (ValueError, TypeError, RuntimeError, OverflowError, MemoryError) as exc:  # sizes torch refuses
+        raise InputError(f"{d / CONFIG_FILE}: unusable model config ({first_line(exc)})") from None
     try:
         state = load(blob)
         model.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - any failure here means a damaged or foreign file
         raise InputError(f"{d / WEIGHTS_FILE}: weights do not fit the config ({first_line(exc)})") from None
+    import torch
+
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:  # NaN weights give NaN scores, and a NaN must never rank
+        raise InputError(f"{d / WEIGHTS_FILE}: non-finite (NaN/inf) weights in {len(bad)} tensor(s) "
+                         f"(first: {bad[0]}); the model is damaged")
     model.to(device).eval()
     extra = {k: v for k, v in raw.items() if k not in ("model", "features", "vocab_hash", "smcli_version")}
     info = ModelInfo(cfg, raw.get("features", {}), raw.get("vocab_hash"), extra)

@@ -33,19 +33,28 @@ def save_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.O
     tensors["rng.torch"] = torch.get_rng_state()
     meta = {"progress": json.dumps(progress), "param_groups": json.dumps(opt["param_groups"])}
     directory.mkdir(parents=True, exist_ok=True)
-    out = AtomicFile(directory / STATE_FILE)
-    out.handle.write(save(tensors, metadata=meta))
-    out.commit()
+    with AtomicFile(directory / STATE_FILE) as out:  # a failed write leaves no temporary
+        out.handle.write(save(tensors, metadata=meta))
 
 
 def load_state(directory: Path, model: torch.nn.Module,
                optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
     """Restore model, optimizer and RNG; returns the progress dict (None if no state)."""
-    from safetensors import safe_open
-
     path = directory / STATE_FILE
     if not path.is_file():
         return None
+    try:
+        progress = _restore(path, model, optimizer)
+        if not isinstance(progress, dict):
+            raise ValueError("progress is not a JSON object")
+        return progress
+    except Exception as exc:  # noqa: BLE001 - any failure here means a damaged or foreign file
+        _damaged(path, exc)
+
+
+def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    from safetensors import safe_open
+
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -62,10 +71,23 @@ def load_state(directory: Path, model: torch.nn.Module,
 
 def read_progress(directory: Path) -> dict[str, Any] | None:
     """The progress dict of a saved state without loading its tensors."""
-    from safetensors import safe_open
-
     path = directory / STATE_FILE
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["progress"])
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            progress = json.loads(f.metadata()["progress"])
+        if not isinstance(progress, dict):
+            raise ValueError("progress is not a JSON object")
+        return progress
+    except Exception as exc:  # noqa: BLE001 - any failure here means a damaged or foreign file
+        _damaged(path, exc)
+
+
+def _damaged(path: Path, exc: BaseException):
+    from smcli.errors import InputError, first_line
+
+    raise InputError(f"{path}: damaged resume state ({first_line(exc, 100)}); rerun without --resume "
+                     "(with --overwrite) to start afresh") from None
