@@ -22,13 +22,42 @@ from smcli.cli import explain as _explain  # noqa: E402,F401
 from smcli.cli import models as _models  # noqa: E402,F401
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, like Ctrl-C: the same cleanup runs (temporary
+    files removed, workers stopped, resume journals kept)."""
+
+
+_signalled: list[int] = []  # SIGTERM seen (typer may turn the exception into a plain Exit(130))
+
+
+def _on_sigterm(signum, frame) -> None:
+    _signalled.append(signum)
+    raise Terminated()
+
+
 def main() -> None:
     """Console entry point: one error line and an exit code, never a traceback."""
+    import signal
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave the signal alone
+        previous = None
+    _signalled.clear()
+    try:
+        _main()
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main() -> None:
     import errno
 
     import typer
 
-    from smcli.errors import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, SmcliError, first_line
+    from smcli.errors import (EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED, SmcliError,
+                              first_line)
 
     try:  # typer >= 0.2x vendors click as typer._click; older versions use click itself
         from typer._click import exceptions as click_exc
@@ -50,7 +79,10 @@ def main() -> None:
         hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         _stderr_line(f"smcli: error: {message}{hint}")
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        if _signalled or isinstance(exc, Terminated):
+            _stderr_line("smcli: terminated")
+            sys.exit(EXIT_TERMINATED)
         _stderr_line("smcli: interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except OSError as exc:
@@ -63,7 +95,10 @@ def main() -> None:
         where = f": {exc.filename}" if exc.filename else ""
         _stderr_line(f"smcli: error: {exc.strerror or first_line(exc)}{where}")
         sys.exit(EXIT_ERROR)
-    if rv == EXIT_INTERRUPTED:  # typer turns Ctrl-C into Exit(130)
+    if rv == EXIT_INTERRUPTED and _signalled:  # typer turns Ctrl-C (and so SIGTERM) into Exit(130)
+        _stderr_line("smcli: terminated")
+        sys.exit(EXIT_TERMINATED)
+    if rv == EXIT_INTERRUPTED:
         _stderr_line("smcli: interrupted")
     sys.exit(rv if isinstance(rv, int) else 0)
 
