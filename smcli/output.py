@@ -40,7 +40,8 @@ def emit(table: pa.Table, kind: str, producer: dict, output: str | None, *,
     console = Console(width=None if sys.stdout.isatty() else 120)
     view = Table(title=title or None, show_lines=False, title_justify="left")
     for c in cols:
-        view.add_column(c, overflow="fold", justify="right" if c in ("rank", "score") else "left")
+        numeric = c == "rank" or c.endswith(("score", "cosine"))
+        view.add_column(c, overflow="fold", justify="right" if numeric else "left")
     previous = _START
     for row in rows:
         if group is not None:

@@ -102,3 +102,33 @@ def test_the_ci_quality_gate_script_passes_and_fails_with_exit_3(tmp_path):
     assert done.returncode == 3, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("smcli: error: retrieve --eval: below --fail-under: rsum")
     assert (tmp_path / "b" / "metrics.json").is_file()
+
+
+def test_score_with_references_is_a_bounded_reference_augmented_metric(example_pipeline, tmp_path):
+    """score --references adds the harmonic mean of the image-caption cosine and the best
+    caption-reference cosine (0 to 1); a matching caption beats an unrelated one; a pair whose
+    image has no reference gets nulls, said on stderr; nothing needs a captions file."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from conftest import run_main
+
+    dog = "509778093_21236bb64d.jpg"
+    (tmp_path / "pairs.csv").write_text(f"image_id,caption\n{dog},a dog chasing a ball on the grass\n"
+                                        f"{dog},a man riding a bike down a street\n459814265_d48ba48978.jpg,a dog\n")
+    (tmp_path / "refs.csv").write_text(f"image_id,caption\n{dog},a brown and white dog runs after a ball\n"
+                                       f"{dog},a dog plays with a ball on the grass\n")
+    out = tmp_path / "scores.parquet"
+    rc, _, err = run_main("score", "--model", "flickr8k", "--regions", example_pipeline["feats"],
+                          "--pairs", tmp_path / "pairs.csv", "--references", tmp_path / "refs.csv", "-o", out)
+    assert rc == 0, err
+    t = pq.read_table(out).to_pydict()
+    ref, a, b = (np.array(t[k][:2], dtype=float) for k in ("ref_score", "image_cosine", "reference_cosine"))
+    assert np.allclose(ref, 2 * a * b / (a + b)) and ((0 <= ref) & (ref <= 1)).all()
+    assert ref[0] > ref[1]
+    assert t["ref_score"][2] is None and t["reference_cosine"][2] is None and t["image_cosine"][2] is not None
+    assert "1 pair(s) have no reference caption" in err and "mean ref_score" in err
+    rc, _, err = run_main("score", "--model", "flickr8k", "--regions", example_pipeline["feats"],
+                          "--pairs", tmp_path / "pairs.csv", "--references", tmp_path / "refs.csv",
+                          "-o", tmp_path / "gated.parquet", "--fail-under", "0.99")
+    assert rc == 3 and "ref_score" not in err.splitlines()[-1] and "below --fail-under" in err.splitlines()[-1]
+    assert (tmp_path / "gated.parquet").is_file()

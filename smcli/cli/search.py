@@ -42,8 +42,13 @@ def score_cmd(
     table: bool = typer.Option(False, "--table", help=TABLE_HELP),
     errors: Path | None = typer.Option(None, "--errors", help=ERRORS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    references: str | None = typer.Option(
+        None, "--references",
+        help="Parquet/CSV of image_id, caption: reference captions per image. Adds image_cosine, "
+             "reference_cosine and ref_score (their harmonic mean, 0 to 1, as RefCLIPScore)."),
     fail_under: float | None = typer.Option(
-        None, "--fail-under", help="Exit 3 (after writing the scores) when the mean score is below this."),
+        None, "--fail-under",
+        help="Exit 3 (after writing the scores) when the mean score (ref_score with --references) is below this."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
@@ -54,27 +59,34 @@ def score_cmd(
 
     from smcli.defaults import resolve
     from smcli.evaluation.recall import check_gates
-    from smcli.inference.tasks import load_captions, load_features, score_pairs
+    from smcli.inference.tasks import load_captions, load_features, read_references, score_pairs
     from smcli.output import emit, wants_table
     from smcli.report import RunReport, say
     from smcli.stage import resolve_output
 
     if not wants_table(output, table):
-        resolve_output(output, inputs=(regions, captions, pairs))  # fail before any work
+        resolve_output(output, inputs=(regions, captions, pairs, references))  # fail before any work
     report = RunReport("score", errors_path=errors, strict=strict)
     matcher = _load(model, device, precision)
     caps_path = resolve("captions", captions, required=pairs is None)
     caps = load_captions(matcher, caps_path) if caps_path else None
     feats = load_features(matcher, resolve("regions", regions))
-    result = score_pairs(matcher, feats, caps, pairs, report)
+    refs = read_references(references) if references else None
+    result = score_pairs(matcher, feats, caps, pairs, report, refs)
     read = result.num_rows + len(report.rejects)
     written = emit(result, "scores", {"command": "score", **matcher.producer()}, output,
-                   show=["image_id", "caption", "score"], force_table=table)
+                   show=["image_id", "caption", "score", *(["ref_score"] if references else [])],
+                   force_table=table)
     mean = float(np.mean(result.column("score").to_numpy()))
     say("score", f"mean score {mean:.4f} over {result.num_rows:,} pairs")
+    gated = mean
+    if refs is not None:
+        ref = result.column("ref_score").drop_null().to_numpy()
+        gated = float(np.mean(ref)) if len(ref) else float("nan")
+        say("score", f"mean ref_score {gated:.4f} over {len(ref):,} pairs with references")
     report.finish(read=read, written=written, rejected=len(report.rejects))
     if fail_under is not None:
-        check_gates({"mean": mean}, {"mean": fail_under}, "score")
+        check_gates({"mean": gated}, {"mean": fail_under}, "score")
 
 
 @app.command("retrieve")

@@ -55,7 +55,7 @@ def load_features(model: MatchModel, path: str | None):
 # -- score ------------------------------------------------------------------------------
 
 def score_pairs(model: MatchModel, feats, caps: CaptionSet | None, pairs_path: str | None,
-                report: RunReport) -> pa.Table:
+                report: RunReport, references: dict[str, list[str]] | None = None) -> pa.Table:
     """Scores of (image_id, caption) pairs: from a pairs file (caption_id or caption text),
     or each caption with its own image. Output rows keep the input order. ``caps`` may be
     None when the pairs file holds the caption text itself."""
@@ -115,12 +115,62 @@ def score_pairs(model: MatchModel, feats, caps: CaptionSet | None, pairs_path: s
     texts = model.encode_texts(ids_all, texts_all, tok_all, cache=False)
     cc = np.array([cap_local[r] if kind == "caption" else len(used_caps) + r for kind, r in text_rows])
     scores = model.score_pairs(gallery, texts, img_inv, cc)
-    return pa.table({
+    columns = {
         "image_id": [pair_images[k] for k in keep],
         "caption_id": [ids_all[c] for c in cc],
         "caption": [texts_all[c] for c in cc],
         "score": pa.array(scores, pa.float64()),
-    })
+    }
+    if references is not None:
+        columns.update(reference_scores(model, gallery, texts, img_inv, cc, references, report))
+    return pa.table(columns)
+
+
+def read_references(path: str) -> dict[str, list[str]]:
+    """image_id -> reference captions, from a Parquet/CSV file of image_id, caption rows
+    (a captions file from tokenize works too)."""
+    table = read_table_any(path, "references")
+    img_col, text_col = require_columns(table, path, ("image_id", "image"), ("caption", "reference", "text"))
+    refs: dict[str, list[str]] = {}
+    for image, text in zip(as_strings(table, img_col), as_strings(table, text_col)):
+        if image is not None and text and text.strip():
+            refs.setdefault(image, []).append(text)
+    if not refs:
+        raise InputError(f"{path}: no reference caption")
+    return refs
+
+
+def reference_scores(model: MatchModel, gallery: Gallery, texts: Texts, img_inv: np.ndarray, cc: np.ndarray,
+                     references: dict[str, list[str]], report: RunReport) -> dict[str, pa.Array]:
+    """The reference-augmented score of each pair (as RefCLIPScore builds it): the harmonic
+    mean of the image-caption cosine of the one-to-one head and the caption's best cosine to
+    one of the image's references, each clipped at 0, so on a fixed scale of 0 to 1. Pairs
+    whose image has no reference get nulls (and are counted on stderr)."""
+    image_emb = gallery.side.emb.float().cpu().numpy()[img_inv]
+    text_emb = texts.side.emb.float().cpu().numpy()[cc]
+    image_cos = np.maximum((image_emb * text_emb).sum(1), 0.0)
+    ref_ids = [gallery.image_ids[i] for i in img_inv]
+    ref_texts = sorted({r for i in set(ref_ids) for r in references.get(i, [])})
+    ref_cos = np.full(len(cc), np.nan)
+    if ref_texts:
+        refs = model.encode_texts([str(k) for k in range(len(ref_texts))], ref_texts, cache=False)
+        ref_emb = refs.side.emb.float().cpu().numpy()
+        row = {t: k for k, t in enumerate(ref_texts)}
+        for p, image_id in enumerate(ref_ids):
+            mine = [row[t] for t in references.get(image_id, [])]
+            if mine:
+                ref_cos[p] = max(0.0, float((ref_emb[mine] @ text_emb[p]).max()))
+    missing = int(np.isnan(ref_cos).sum())
+    if missing:
+        from smcli.report import warn
+
+        warn("score", f"{missing:,} pair(s) have no reference caption for their image: ref_score left empty")
+    denom = image_cos + ref_cos
+    ref_score = np.where(denom > 0, 2 * image_cos * ref_cos / np.where(denom > 0, denom, 1.0), 0.0)
+    ok = ~np.isnan(ref_cos)
+    return {"image_cosine": pa.array(image_cos, pa.float64()),
+            "reference_cosine": pa.array(np.where(ok, ref_cos, 0.0), pa.float64(), mask=~ok),
+            "ref_score": pa.array(np.where(ok, ref_score, 0.0), pa.float64(), mask=~ok)}
 
 
 # -- ranking texts for images, images for texts -------------------------------------------
