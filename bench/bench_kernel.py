@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from smcli.models import ModelConfig, create_model
-from smcli.models.matchers import full_precision
 
 REGIONS = 49  # a 7x7 grid
 # MiniLM word pieces per caption, Flickr8k test split (5,000 captions): count of captions with 0, 1, 2, ... pieces
@@ -41,72 +41,16 @@ TEST_PIECES = [0, 0, 1, 7, 24, 58, 121, 265, 367, 423, 477, 553, 491, 477, 397, 
                42, 24, 18, 8, 5, 7, 5, 3, 0, 2, 2, 0, 1, 1]
 
 
-# -- the previous kernel (smcli before the kernel work), for reference ---------------------
+# -- the previous kernel (smcli before the kernel work), for reference: the one the tests
+# check the new kernel against (tests/test_kernel.py reference_fuse), not a copy of it
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import cpu_model  # noqa: E402
+from test_kernel import reference_fuse  # noqa: E402
+
+
 def old_fuse(model, img, txt, *, grid: bool):
-    cfg = model.cfg
-    shape = (len(img), len(txt)) if grid else (len(img),)
-    word_mask = txt.mask.unsqueeze(0) if grid else txt.mask
-    h = img.values.new_zeros(*shape, cfg.hidden_dim)
-    c = torch.zeros_like(h)
-    ctx_a = ctx_s = None
-    if model.attention == "context":
-        ctx_a = old_pair_add(img.ctx_a, txt.ctx_a, grid)
-        ctx_s = old_pair_add(img.ctx_s, txt.ctx_s, grid)
-    outputs, cosines = [], []
-    for _ in range(cfg.steps):
-        if model.attention == "uniform":
-            p = img.values.new_full((*shape, img.values.shape[-2]), 1.0 / img.values.shape[-2])
-            q = word_mask.expand(*shape, -1).to(h.dtype)
-            q = q / q.sum(-1, keepdim=True).clamp(min=1.0)
-        else:
-            qa, qs = model.U_a(h), model.U_s(h)
-            if ctx_a is not None:
-                qa, qs = qa + ctx_a, qs + ctx_s
-            e_a = old_logits(model.w_a, img.keys, qa, grid, images=True)
-            e = old_logits(model.w_s, txt.keys, qs, grid, images=False)
-            if cfg.att_scale > 0:
-                scale = model.att_log_scale.exp()
-                e_a, e = e_a * scale, e * scale
-            p = torch.softmax(e_a, -1)
-            q = torch.softmax(e.masked_fill(~word_mask, float("-inf")), -1)
-        a_sel = old_weighted(p, img.values, grid, images=True)
-        s_sel = old_weighted(q, txt.values, grid, images=False)
-        x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
-        if cfg.local_skip:
-            cosines.append(x.float().sum(-1))
-        h2, c2 = model.lstm(x.reshape(-1, x.shape[-1]), (h.reshape(-1, h.shape[-1]), c.reshape(-1, c.shape[-1])))
-        h, c = h2.reshape(h.shape), c2.reshape(c.shape)
-        outputs.append(h)
-    with full_precision(h):
-        if cfg.score_head == "sum":
-            score = sum(model.head(o.float()).squeeze(-1) for o in outputs)
-        else:
-            score = model.head(h.float()).squeeze(-1)
-        if cfg.local_skip:
-            score = score + torch.stack(cosines).mean(0)
-        if cfg.fuse_global and not (model.training and cfg.global_weight_on_val):
-            glob = img.emb @ txt.emb.T if grid else (img.emb * txt.emb).sum(-1)
-            score = score + model.global_weight * glob
-    return score
-
-
-def old_logits(w, keys, query, grid, images):
-    if not grid:
-        return w(torch.tanh(keys + query.unsqueeze(-2))).squeeze(-1)
-    k = keys.unsqueeze(1) if images else keys.unsqueeze(0)
-    return w(torch.tanh(k + query.unsqueeze(-2))).squeeze(-1)
-
-
-def old_pair_add(img_part, txt_part, grid):
-    return img_part.unsqueeze(1) + txt_part.unsqueeze(0) if grid else img_part + txt_part
-
-
-def old_weighted(weights, values, grid, images):
-    if not grid:
-        return torch.einsum("pk,pkd->pd", weights, values)
-    if images:
-        return torch.einsum("ick,ikd->icd", weights, values)
-    return torch.einsum("ick,ckd->icd", weights, values)
+    return reference_fuse(model, img, txt, grid=grid)[0]
 
 
 KERNELS = {
@@ -254,17 +198,6 @@ def train_step_times(kernel: str, steps: int, warmup: int = 2, B: int = 128, k: 
         print(f"\n{kernel} kernel, one training step:")
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
     return statistics.median(times), len(ii)
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 def background() -> str:
