@@ -61,7 +61,7 @@ def test_same_seed_gives_the_same_metrics(example_pipeline, tmp_path):
     assert a == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
-def test_resume_after_kill_continues_to_the_same_result(example_pipeline, tmp_path):
+def test_resume_after_kill_continues_to_the_same_result(example_pipeline, tmp_path, capsys):
     args = ["train", "--regions", str(example_pipeline["feats"]), "--captions",
             str(example_pipeline["captions"]), "--epochs", "3", "--batch-size", "8",
             "--checkpoint-every", "2", "--seed", "3", *SMALL_MODEL_ARGS]
@@ -90,12 +90,19 @@ def test_resume_after_kill_continues_to_the_same_result(example_pipeline, tmp_pa
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be interrupted"
     done_before = len(metrics(out))
     assert done_before >= 1
+    # the killed run's directory says so, and loading it warns
+    assert (out / "INCOMPLETE").is_file() and not (tmp_path / "straight" / "INCOMPLETE").exists()
+    from smcli.models.factory import load_model
+
+    load_model(out)
+    assert "left by an interrupted smcli train" in capsys.readouterr().err
 
     rc, _, err = run_main(*args, "-o", out, "--resume", cwd=REPO)
     assert rc == 0, err
     assert "resuming at epoch 2" in err
     assert metrics(out) == metrics(tmp_path / "straight")
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "straight" / "model.safetensors").read_bytes()
+    assert not (out / "INCOMPLETE").exists()
 
 
 def test_cca_is_fitted_and_chosen_on_val(example_pipeline, tmp_path):

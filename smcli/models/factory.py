@@ -19,6 +19,7 @@ from smcli.models.config import VARIANTS, ModelConfig
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 VOCAB_FILE = "vocab.txt"
+INCOMPLETE_FILE = "INCOMPLETE"  # present while smcli train runs, and after a run that was killed
 
 # variant -> (constructor, keyword arguments)
 _REGISTRY: dict[str, tuple[str, dict[str, Any]]] = {
@@ -117,6 +118,11 @@ def load_model(directory: str | Path, device: str = "cpu") -> LoadedModel:
         raise InputError(f"{d / WEIGHTS_FILE}: non-finite (NaN/inf) weights in {len(bad)} tensor(s) "
                          f"(first: {bad[0]}); the model is damaged")
     model.to(device).eval()
+    if (d / INCOMPLETE_FILE).exists():
+        from smcli.report import warn
+
+        warn("model", f"{directory}: left by an interrupted smcli train (the best epoch so far, not the finished "
+                      f"run); smcli train --resume -o {directory} continues it")
     extra = {k: v for k, v in raw.items() if k not in ("model", "features", "vocab_hash", "smcli_version")}
     info = ModelInfo(cfg, raw.get("features", {}), raw.get("vocab_hash"), extra)
     vocab = Vocab.load(d / VOCAB_FILE)

@@ -37,7 +37,7 @@ from smcli.inference.scoring import (
     two_stage_scores,
 )
 from smcli.models.config import ModelConfig
-from smcli.models.factory import ModelInfo, create_model, save_model
+from smcli.models.factory import INCOMPLETE_FILE, ModelInfo, create_model, save_model
 from smcli.models.text_inputs import make_text_store
 from smcli.report import say
 from smcli.runtime import autocast, resolve_device, resolve_precision
@@ -59,7 +59,7 @@ def prepare_output(out_dir: Path, opts: TrainOptions) -> None:
         if not opts.overwrite:
             what = "an unfinished run (use --resume)" if (out_dir / STATE_FILE).exists() else "files"
             raise UsageError(f"-o {out_dir}: directory already holds {what}; use --overwrite to replace it")
-        for name in (STATE_FILE, METRICS_FILE, "config.json", "model.safetensors", "vocab.txt"):
+        for name in (STATE_FILE, METRICS_FILE, "config.json", "model.safetensors", "vocab.txt", INCOMPLETE_FILE):
             (out_dir / name).unlink(missing_ok=True)
 
 
@@ -201,9 +201,17 @@ class Trainer:
         return min(steps, self.opts.max_steps_per_epoch) if self.opts.max_steps_per_epoch else steps
 
     def run(self) -> dict[str, Any]:
+        """Train (or fit CCA); the model directory carries an INCOMPLETE marker until the run
+        ends, so a model left by a killed run is never taken for a finished one."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.cfg.variant == "cca":
-            return self.fit_cca()
+        marker = self.out_dir / INCOMPLETE_FILE
+        marker.write_text("smcli train is running here or was interrupted: the model is the best epoch so far; "
+                          f"smcli train --resume -o {self.out_dir} continues it\n")
+        best = self.fit_cca() if self.cfg.variant == "cca" else self._train()
+        marker.unlink(missing_ok=True)
+        return best
+
+    def _train(self) -> dict[str, Any]:
         opts = self.opts
         torch.manual_seed(opts.seed)
         store = self._text_store()
