@@ -33,9 +33,12 @@ class Model(MatchModel):
         from smcli.inference.inputs import resolve_images
 
         specs = [str(images)] if isinstance(images, str | os.PathLike) else [str(i) for i in images]
-        feats = tasks.load_features(self, regions) if isinstance(regions, str | os.PathLike) else regions
-        if feats is not None:
-            self.check_features(feats.meta, feats.name)
+        if isinstance(regions, str | os.PathLike):
+            feats = tasks.load_features(self, str(regions))  # checks them against the model
+        else:
+            feats = regions
+            if feats is not None:
+                self.check_features(feats.meta, feats.name)
         return resolve_images(specs, feats, self.features)
 
     def score(self, images, captions: str | Sequence[str], *, regions=None) -> np.ndarray:
