@@ -301,7 +301,7 @@ def child_build(args) -> dict:
     out = Path(args.gallery)
     t1 = time.perf_counter()
     save_gallery(out, meta=meta, image_ids=ids, paths=paths, embeddings=None, side_chunks=chunks(),
-                 kind=args.kind, nprobe=args.nprobe)
+                 kind=args.kind, nprobe=args.nprobe, codec=args.codec)
     t2 = time.perf_counter()
     for f in out.iterdir():  # durable before the query process measures anything
         fd = os.open(f, os.O_RDONLY)
@@ -363,13 +363,17 @@ def child_query(args) -> dict:
     saved = tasks.open_index(session, gallery)
     open_s = time.perf_counter() - t0
     rss_open = rss_mb()
-    side_files = [gallery / f"{name}.npy" for name in saved.meta.get("sides", [])]
+    side_files = [f for name in saved.meta.get("sides", [])
+                  for f in (gallery / f"{name}.npy", gallery / f"{name}.scale.npy") if f.exists()]
     texts = queries(args.queries + 1, args.seed)
     warm, texts = texts[0], texts[1:]
 
     def reopen() -> None:  # unmap the tensor files (fadvise leaves mapped pages alone)
         saved.sides.clear()
-        saved.sides.update({f.stem: np.load(f, mmap_mode="r") for f in side_files})
+        saved.scales.clear()
+        for f in side_files:
+            name = f.stem.removesuffix(".scale")
+            (saved.scales if f.stem.endswith(".scale") else saved.sides)[name] = np.load(f, mmap_mode="r")
 
     def one(q: str) -> dict[str, float]:
         t = {s: 0.0 for s in STEPS}
@@ -430,7 +434,8 @@ def say(msg: str) -> None:
 def run_child(args, step: str, n: int, gallery: Path, model: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", step, "--n", str(n), "--gallery", str(gallery),
            "--model", str(model), "--kind", args.kind, "--nprobe", str(args.nprobe),
-           "--queries", str(args.queries), "--shortlist", str(args.shortlist), "--top-k", str(args.top_k),
+           "--codec", args.codec, "--queries", str(args.queries), "--shortlist", str(args.shortlist),
+           "--top-k", str(args.top_k),
            "--seed", str(args.seed), "--chunk", str(args.chunk), "--precision", args.precision]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -519,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep each gallery (default: deleted after its size)")
     ap.add_argument("--kind", default="auto", help="faiss index kind: auto | flat | ivf | hnsw")
     ap.add_argument("--nprobe", type=int, default=32, help="IVF lists visited per query")
+    ap.add_argument("--codec", default="int8", help="how the per-image tensors are stored: int8 | float16")
     ap.add_argument("--threads", type=int, help="torch and faiss threads (default: their own default)")
     ap.add_argument("--precision", default="auto",
                     help="as smcli retrieve --precision (auto: bf16 where the CPU does it natively)")

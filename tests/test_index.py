@@ -80,28 +80,48 @@ def save(tmp_path, n: int, kind: str, *, stream_emb: bool = False, d: int = 16, 
     return out, emb, tensors
 
 
+def close_to_int8(got: np.ndarray, want: np.ndarray) -> None:
+    """Within half an int8 step of the row's scale (its largest magnitude / 127), plus the
+    float16 rounding of that scale."""
+    step = np.abs(want).max(-1, keepdims=True) / 127
+    assert np.all(np.abs(got - want) <= step * 0.5 + np.abs(want) * 2e-3 + 1e-6)
+    assert not np.array_equal(got, want.astype(np.float32))  # really coded, not stored as given
+
+
 def check_rows(saved, emb, tensors, rows):
     side = saved.image_side(rows)
+    codec = saved.meta.get("codec", "float16")
     for name in ("keys", "values", "ctx_a", "ctx_s"):
-        want = tensors[name][rows].astype(np.float16).astype(np.float32)
-        assert np.array_equal(getattr(side, name).numpy(), want), name
-    np.testing.assert_array_equal(side.emb.numpy(), emb[rows])  # exact, whatever the index
+        got = getattr(side, name).numpy()
+        if codec == "int8":
+            close_to_int8(got, tensors[name][rows])
+        else:
+            assert np.array_equal(got, tensors[name][rows].astype(np.float16).astype(np.float32)), name
+    np.testing.assert_array_equal(side.emb.numpy(), emb[rows])  # exact, whatever the index and codec
 
 
-def test_saved_gallery_reads_back_the_rows_asked_for_in_their_order(tmp_path):
-    out, emb, tensors = save(tmp_path, 50, "flat")
+CODECS = pytest.mark.parametrize("codec", ["int8", "float16"])
+
+
+@CODECS
+def test_saved_gallery_reads_back_the_rows_asked_for_in_their_order(tmp_path, codec):
+    out, emb, tensors = save(tmp_path, 50, "flat", codec=codec)
     saved = open_gallery(out)
     assert len(saved) == 50 and saved.image_ids[3] == "img3" and saved.paths[3] == "/p/3.jpg"
     meta = json.loads((out / "meta.json").read_text())
     assert meta["index"] == {"kind": "flat"} and meta["sides"] == ["ctx_a", "ctx_s", "keys", "values"]
+    assert meta["codec"] == codec
+    assert np.load(out / "keys.npy").dtype == (np.int8 if codec == "int8" else np.float16)
+    assert (out / "keys.scale.npy").exists() == (codec == "int8")
     check_rows(saved, emb, tensors, np.array([17, 2, 49, 17, 0, 2, 33]))  # unsorted, repeats
     assert len(saved.image_side(np.array([], dtype=np.int64))) == 0
     _, ids = search(saved.index, emb[[5, 40]], 1)
     assert ids[:, 0].tolist() == [5, 40]
 
 
-def test_ivf_gallery_keeps_exact_embeddings_and_its_nprobe(tmp_path):
-    out, emb, tensors = save(tmp_path, 2_000, "ivf", nprobe=7)
+@CODECS
+def test_ivf_gallery_keeps_its_embeddings_and_its_nprobe(tmp_path, codec):
+    out, emb, tensors = save(tmp_path, 2_000, "ivf", nprobe=7, codec=codec)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["index"]["kind"] == "ivf" and meta["index"]["nprobe"] == 7
     assert "emb" in meta["sides"]  # the 8-bit codes are not the embeddings
@@ -113,14 +133,39 @@ def test_ivf_gallery_keeps_exact_embeddings_and_its_nprobe(tmp_path):
     assert open_gallery(out, nprobe=50).index.nprobe == 50
 
 
-def test_embeddings_can_stream_with_the_sides(tmp_path):
-    out, emb, tensors = save(tmp_path, 300, "flat", stream_emb=True)
+@CODECS
+def test_embeddings_can_stream_with_the_sides(tmp_path, codec):
+    out, emb, tensors = save(tmp_path, 300, "flat", stream_emb=True, codec=codec)
     assert not (out / "emb.npy").exists()  # the exact index gives them back
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["meta.json", "images.parquet", "embeddings.faiss"]
+        + [f"{n}{s}.npy" for n in ("ctx_a", "ctx_s", "keys", "values")
+           for s in (("", ".scale") if codec == "int8" else ("",))])
     saved = open_gallery(out)
     assert saved.index.ntotal == 300
     check_rows(saved, emb, tensors, np.array([299, 0, 150, 0]))
-    out, emb, tensors = save(tmp_path, 2_000, "ivf", stream_emb=True)
+    out, emb, tensors = save(tmp_path, 2_000, "ivf", stream_emb=True, codec=codec)
+    assert np.load(out / "emb.npy").dtype == np.float32
     check_rows(open_gallery(out), emb, tensors, np.array([5, 1, 1999]))
+
+
+def test_int8_codes_round_to_the_nearest_step_and_keep_zero_rows():
+    from smcli.inference.gallery import encode_int8
+
+    rows = np.array([[0.0, 0.0, 0.0], [1.0, -0.5, 0.25], [-3.0, 1.0, 0.01]], dtype=np.float32)
+    codes, scale = encode_int8(rows)
+    assert codes.dtype == np.int8 and scale.dtype == np.float16
+    assert codes[0].tolist() == [0, 0, 0] and scale[0] == 0
+    assert codes[1].tolist() == [127, -64, 32] and codes[2].tolist() == [-127, 42, 0]
+    close_to_int8(codes.astype(np.float32) * scale.astype(np.float32)[:, None], rows)
+
+
+def test_an_unknown_codec_is_refused_before_anything_is_written(tmp_path):
+    from smcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="--codec int4: unknown gallery codec"):
+        save(tmp_path, 10, "flat", codec="int4")
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_short_chunk_stream_is_refused(tmp_path):

@@ -285,6 +285,9 @@ def index_cmd(
     output: Path = typer.Option(..., "-o", "--output", help="Index directory to write."),
     kind: str = typer.Option(
         "auto", "--kind", help="auto (flat up to 200k images, ivf above) | flat (exact) | ivf | hnsw (approximate)."),
+    codec: str = typer.Option(
+        "int8", "--codec", help="How the per-image tensors are stored: int8 (per-row scales, half the "
+                                "bytes) | float16."),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace an existing smcli index in -o (never another directory)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
@@ -295,6 +298,6 @@ def index_cmd(
     from smcli.defaults import resolve
     from smcli.inference.gallery import build_index, check_build
 
-    check_build(output, kind, overwrite=overwrite)  # before the model loads
+    check_build(output, kind, overwrite=overwrite, codec=codec)  # before the model loads
     matcher = _load(model, device, precision)
-    build_index(matcher, resolve("regions", regions), output, kind, overwrite=overwrite)
+    build_index(matcher, resolve("regions", regions), output, kind, overwrite=overwrite, codec=codec)

@@ -6,8 +6,16 @@ Directory layout (written by ``smcli index``)::
     meta.json        model hash, feature signature, image count, sides, index kind and parameters
     images.parquet   image_id, path
     embeddings.faiss faiss index (inner product = cosine on normalised embeddings)
-    NAME.npy         one per per-image tensor (keys, values, ctx_a, ctx_s), float16; and
-                     emb.npy (float32 embeddings) where the index is lossy (IVF)
+    NAME.npy         one per per-image tensor (keys, values, ctx_a, ctx_s) in the gallery's
+                     codec; and emb.npy (the embeddings) where the index is lossy (IVF)
+    NAME.scale.npy   codec "int8": the float16 scale of every row (instance) of NAME.npy
+
+Codecs (meta.json "codec"; galleries without one are "float16"): "int8" (the default) keeps
+each instance's vector as int8 with one float16 scale (symmetric, the row's largest
+magnitude maps to 127), half the bytes of "float16"; on Flickr8k test the two-stage rsum
+moves by less than 0.1 (BENCHMARKS.md). The embeddings stay float32 in every codec (an
+exact index gives them back; beside an IVF index they are kept in emb.npy): int8 embeddings
+cost another 0.14 rsum, because the one-to-one cosine is weighted several times in the score.
 
 Index kinds: "flat" (exact; "auto" up to FLAT_UP_TO images), "ivf" (inverted lists over
 8-bit scalar-quantised vectors, ~1 byte per dimension; "auto" above) and "hnsw" (a graph
@@ -24,7 +32,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +49,10 @@ FLAT_UP_TO = 200_000  # "auto": exact search up to this many images, IVF above
 IVF_NPROBE = 32  # inverted lists visited per query
 IVF_TRAIN_PER_LIST = 40  # k-means training points per list (faiss wants at least 39)
 ADD_CHUNK = 65_536  # vectors converted and added to faiss at a time
+CODECS = ("int8", "float16")
+DEFAULT_CODEC = "int8"
+SCALE_SUFFIX = ".scale"  # NAME.scale.npy: per-row scales of an int8 side
+INT8_MAX = 127
 
 
 @dataclass
@@ -138,10 +150,18 @@ class SavedGallery:
     image_ids: list[str]
     paths: list[str]
     index: Any  # faiss index
-    sides: dict[str, np.ndarray]  # name -> memory-mapped [N, ...] (float16; emb float32)
+    sides: dict[str, np.ndarray]  # name -> memory-mapped [N, ...] in the codec (float16 or int8)
+    scales: dict[str, np.ndarray] = field(default_factory=dict)  # int8 sides: name -> [N, ...] float16
 
     def __len__(self) -> int:
         return len(self.image_ids)
+
+    def read(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows (sorted) of one side, decoded to float32."""
+        arr = np.asarray(read_rows(self.sides[name], rows), dtype=np.float32)
+        if name in self.scales:
+            arr *= np.asarray(read_rows(self.scales[name], rows), dtype=np.float32)[..., None]
+        return arr
 
     def image_side(self, rows: np.ndarray, emb: np.ndarray | None = None, device: str = "cpu"):
         """The per-image tensors of ``rows``, in the order given (repeats allowed). The
@@ -156,8 +176,7 @@ class SavedGallery:
         values = {}
         for f in fields(ImageSide):
             if f.name in self.sides:
-                arr = read_rows(self.sides[f.name], unique)[back]
-                values[f.name] = torch.from_numpy(np.asarray(arr, dtype=np.float32)).to(device)
+                values[f.name] = torch.from_numpy(self.read(f.name, unique)[back]).to(device)
         if emb is not None:
             values["emb"] = torch.from_numpy(np.asarray(emb, dtype=np.float32)).to(device)
         elif "emb" not in values:
@@ -233,6 +252,23 @@ def read_rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return out
 
 
+def encode_int8(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 codes of every row (last axis) and their float16 scales: row = codes *
+    scale, the row's largest magnitude mapped to 127 (a zero row has scale 0)."""
+    arr = np.asarray(arr, dtype=np.float32)
+    peak = np.abs(arr).max(axis=-1)
+    scale = (peak / INT8_MAX).astype(np.float16)
+    div = scale.astype(np.float32)[..., None]
+    codes = np.divide(arr, div, out=np.zeros_like(arr), where=div > 0)
+    return np.clip(np.rint(codes), -INT8_MAX, INT8_MAX).astype(np.int8), scale
+
+
+def check_codec(codec: str) -> str:
+    if codec not in CODECS:
+        raise UsageError(f"--codec {codec}: unknown gallery codec (one of {', '.join(CODECS)})")
+    return codec
+
+
 class _NpyWriter:
     """A .npy file of known shape written front to back with plain writes (a writable
     memory map would count every page written in the process's RSS)."""
@@ -289,15 +325,15 @@ def check_gallery_output(directory: str | os.PathLike, *, overwrite: bool = Fals
 
 def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str], paths: list[str],
                  embeddings, side_chunks, kind: str = "auto", nlist: int | None = None,
-                 nprobe: int = IVF_NPROBE, overwrite: bool = False) -> None:
+                 nprobe: int = IVF_NPROBE, overwrite: bool = False, codec: str = DEFAULT_CODEC) -> None:
     """Write an index directory; ``side_chunks`` yields dicts of name -> [n, ...] arrays in
     image order (so the per-image tensors never need to fit in memory at once).
 
     ``embeddings`` [N, d] (an array, a memory map, or anything np.asarray takes) are the
     vectors the faiss index is built over; or None, when the chunks carry them under "emb"
     (then they too are streamed to disk and never held in memory at once). Sides are stored
-    as float16; "emb" as float32, and kept only where the index is lossy (IVF), so that
-    re-ranking reads exact embeddings.
+    in ``codec`` (see the module's docstring); "emb" as float32, and kept only where the
+    index is lossy (IVF), so that re-ranking reads exact embeddings.
 
     An existing directory is replaced only with ``overwrite`` and only when it is a gallery
     (:func:`check_gallery_output`)."""
@@ -306,22 +342,35 @@ def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str],
     import pyarrow.parquet as pq
 
     directory = check_gallery_output(directory, overwrite=overwrite).resolve()
+    check_codec(codec)
     n = len(image_ids)
     spec = index_spec(n, kind, nlist=nlist, nprobe=nprobe)
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     writers: dict[str, _NpyWriter] = {}
+    emb_file = tmp / f"{EMB_SIDE}.npy"
     try:
         for chunk in side_chunks:
             for name, arr in chunk.items():
                 if name not in writers:
-                    writers[name] = _NpyWriter(tmp / f"{name}.npy", np.float32 if name == EMB_SIDE
-                                               else np.float16, (n, *np.shape(arr)[1:]))
-                writers[name].write(arr)
+                    shape = (n, *np.shape(arr)[1:])
+                    if name == EMB_SIDE:
+                        writers[name] = _NpyWriter(emb_file, np.float32, shape)
+                    elif codec == "int8":
+                        writers[name] = _NpyWriter(tmp / f"{name}.npy", np.int8, shape)
+                        writers[name + SCALE_SUFFIX] = _NpyWriter(tmp / f"{name}{SCALE_SUFFIX}.npy",
+                                                                  np.float16, shape[:-1])
+                    else:
+                        writers[name] = _NpyWriter(tmp / f"{name}.npy", np.float16, shape)
+                if codec == "int8" and name != EMB_SIDE:
+                    codes, scale = encode_int8(arr)
+                    writers[name].write(codes)
+                    writers[name + SCALE_SUFFIX].write(scale)
+                else:
+                    writers[name].write(arr)
         for w in writers.values():
             w.close()
-        emb_file = tmp / f"{EMB_SIDE}.npy"
         if embeddings is None:
             if EMB_SIDE not in writers:
                 raise ValueError("no embeddings: pass embeddings= or an 'emb' entry in the side chunks")
@@ -339,9 +388,9 @@ def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str],
         del index, source
         if not spec.lossy:  # the exact index gives the embeddings back
             emb_file.unlink(missing_ok=True)
-        names = sorted(p.stem for p in tmp.glob("*.npy"))
+        names = sorted(p.stem for p in tmp.glob("*.npy") if not p.stem.endswith(SCALE_SUFFIX))
         pq.write_table(pa.table({"image_id": image_ids, "path": paths}), tmp / IDS_FILE)
-        meta = {**meta, "images": n, "sides": names, "index": spec.to_json()}
+        meta = {**meta, "images": n, "sides": names, "codec": codec, "index": spec.to_json()}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         old = None
         if directory.is_dir() and any(directory.iterdir()):
@@ -385,10 +434,18 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
     try:
         ids = pq.read_table(d / IDS_FILE)
         image_ids, paths = ids.column("image_id").to_pylist(), ids.column("path").to_pylist()
-        sides = {}
+        codec = meta.get("codec", "float16")
+        if codec not in CODECS:
+            raise ValueError(f"unknown codec {codec!r}")
+        sides, scales = {}, {}
         for name in meta.get("sides", []):
             what = f"{name}.npy"
             sides[name] = np.load(d / what, mmap_mode="r", allow_pickle=False)
+            if codec == "int8" and sides[name].dtype == np.int8:
+                what = f"{name}{SCALE_SUFFIX}.npy"
+                scales[name] = np.load(d / what, mmap_mode="r", allow_pickle=False)
+                if scales[name].shape != sides[name].shape[:-1]:
+                    raise ValueError(f"shape {scales[name].shape} for rows of shape {sides[name].shape}")
         what = FAISS_FILE
         index = faiss.read_index(str(d / FAISS_FILE))
         spec = meta.get("index") or {}
@@ -405,7 +462,7 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
     if bad or meta.get("images", n) != n or len(paths) != n:
         raise InputError(f"{damaged} ({', '.join(bad) or META_FILE}: image count differs from {IDS_FILE}'s {n}); "
                          "rebuild it with smcli index")
-    return SavedGallery(d, meta, image_ids, paths, index, sides)
+    return SavedGallery(d, meta, image_ids, paths, index, sides, scales)
 
 
 # ---------------------------------------------------------------------------------------
@@ -414,14 +471,17 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
 CHUNK = 512  # images encoded at a time
 
 
-def check_build(out: str | os.PathLike, kind: str, *, overwrite: bool = False) -> Path:
-    """The checks of ``smcli index`` that need no model: the kind and the output directory."""
+def check_build(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
+                codec: str = DEFAULT_CODEC) -> Path:
+    """The checks of ``smcli index`` that need no model: kind, codec and output directory."""
     if kind not in KINDS:
         raise UsageError(f"--kind {kind}: unknown index kind (one of {', '.join(KINDS)})")
+    check_codec(codec)
     return check_gallery_output(out, overwrite=overwrite)
 
 
-def build_index(model, regions_path: str, out: Path, kind: str = "auto", *, overwrite: bool = False) -> int:
+def build_index(model, regions_path: str, out: Path, kind: str = "auto", *, overwrite: bool = False,
+                codec: str = DEFAULT_CODEC) -> int:
     """Encode every image of ``regions_path`` once and save the gallery; returns its size.
     ``out`` must be new or empty, or (with ``overwrite``) a gallery to replace."""
     import torch
@@ -430,7 +490,7 @@ def build_index(model, regions_path: str, out: Path, kind: str = "auto", *, over
     from smcli.report import say
     from smcli.runtime import autocast
 
-    check_build(out, kind, overwrite=overwrite)
+    check_build(out, kind, overwrite=overwrite, codec=codec)
     feats = load_regions(regions_path)
     model.check_features(feats.meta, feats.name)
     embeddings = []
@@ -449,7 +509,8 @@ def build_index(model, regions_path: str, out: Path, kind: str = "auto", *, over
             "features": model.loaded.info.features, "regions_file": feats.name}
     # save_gallery consumes the chunks before it needs the embeddings
     save_gallery(Path(out), meta=meta, image_ids=feats.image_ids, paths=feats.paths,
-                 embeddings=_Deferred(embeddings), side_chunks=chunks(), kind=kind, overwrite=overwrite)
+                 embeddings=_Deferred(embeddings), side_chunks=chunks(), kind=kind, overwrite=overwrite,
+                 codec=codec)
     say("index", f"{len(feats.image_ids):,} images indexed in {out}")
     return len(feats.image_ids)
 
