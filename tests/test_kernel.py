@@ -53,8 +53,14 @@ def reference_fuse(model, img, txt, *, grid: bool, keep_maps: bool = False):
             if cfg.att_scale > 0:
                 scale = model.att_log_scale.exp()
                 e_a, e = e_a * scale, e * scale
-            p = torch.softmax(e_a, -1)
             q = torch.softmax(e.masked_fill(~word_mask, float("-inf")), -1)
+            if cfg.cross_scale > 0:  # word-steered: lambda * cos(region value, selected words)
+                s_sel = _ref_weighted(q, txt.values, grid, images=False)
+                v = img.values.unsqueeze(1) if grid else img.values  # grid: [I, 1, R, d]
+                cos = F.cosine_similarity(v,
+                                          s_sel.unsqueeze(-2), dim=-1)
+                e_a = e_a + model.cross_log_scale.exp() * cos
+            p = torch.softmax(e_a, -1)
         a_sel = _ref_weighted(p, img.values, grid, images=True)
         s_sel = _ref_weighted(q, txt.values, grid, images=False)
         x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
@@ -127,7 +133,8 @@ def some_pairs(n_img, n_txt, n=23, seed=3):
 
 
 OPTIONS = [dict(), dict(score_head="sum"), dict(local_skip=False, fuse_global=False),
-           dict(att_scale=3.0), dict(steps=1), dict(steps=4, score_head="sum", local_skip=False)]
+           dict(att_scale=3.0), dict(steps=1), dict(steps=4, score_head="sum", local_skip=False),
+           dict(cross_scale=5.0), dict(cross_scale=2.0, att_scale=3.0, steps=4)]
 
 
 @pytest.fixture(params=["exp", "tanh", "tiny-blocks"])
@@ -222,8 +229,9 @@ def _grads(model, loss):
 
 @pytest.mark.parametrize("attention", ["context", "plain", "uniform"])
 @pytest.mark.parametrize("options", [dict(), dict(score_head="sum", att_scale=3.0),
-                                     dict(local_skip=False, fuse_global=False), dict(global_weight="val")],
-                         ids=["default", "sum,scale", "no-skip,no-global", "weight-on-val"])
+                                     dict(local_skip=False, fuse_global=False), dict(global_weight="val"),
+                                     dict(cross_scale=5.0)],
+                         ids=["default", "sum,scale", "no-skip,no-global", "weight-on-val", "cross"])
 def test_training_gradients_equal_the_reference(attention, options, kernel_path):
     model = make(attention, **options).train()
     ii, cc = some_pairs(5, 6, n=40)
@@ -239,6 +247,8 @@ def test_training_gradients_equal_the_reference(attention, options, kernel_path)
     assert "lstm.weight_hh" in new and "region_proj.weight" in new
     if attention != "uniform":
         assert {"U_a.weight", "w_a.weight", "W_s.weight"} <= new.keys()
+        if options.get("cross_scale"):
+            assert "cross_log_scale" in new
     for name in ref:
         torch.testing.assert_close(new[name], ref[name], atol=5e-5, rtol=1e-3, msg=name)
     assert any(g.abs().max() > 1e-3 for g in ref.values())

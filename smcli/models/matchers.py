@@ -146,6 +146,8 @@ class SmLSTM(Matcher):
             self.w_s = nn.Linear(da, 1, bias=False)
             if cfg.att_scale > 0:  # lets the saliency sharpen (logits start near zero: uniform)
                 self.att_log_scale = nn.Parameter(torch.tensor(math.log(cfg.att_scale)))
+            if cfg.cross_scale > 0:  # the temperature of the word-steered region logits
+                self.cross_log_scale = nn.Parameter(torch.tensor(math.log(cfg.cross_scale)))
         if attention == "context":
             # m = [tanh(G_img g_img); tanh(G_sen g_sen)]; D m = D_img m_img + D_sen m_sen
             self.ctx_img = nn.Linear(cfg.img_dim, dc)
@@ -282,6 +284,9 @@ class SmLSTM(Matcher):
                 ea_txt = None if ea_txt is None else ea_txt.index_select(0, cc)
             w_a, w_s = self.w_a.weight[0], self.w_s.weight[0]
             scale = self.att_log_scale.exp() if cfg.att_scale > 0 else None
+            cross = cross_scale = None
+            if cfg.cross_scale > 0:  # unit region values, once per call
+                cross, cross_scale = F.normalize(img.values, dim=-1), self.cross_log_scale.exp()
         region_maps, word_maps, outputs, cosines = [], [], [], []
         hp = None  # h_{t-1} @ [W_hh; U_a; U_s]^T + biases, [pairs, 4 dh (+ 2 da)]; None while h = 0
         for step in range(cfg.steps):
@@ -302,10 +307,13 @@ class SmLSTM(Matcher):
                 e = _att_logits(keys_w, ea_txt, qs, w_s, None if grid else cc, images=False, lengths=lengths)
                 if scale is not None:
                     e_a, e = e_a * scale, e * scale
-                p = torch.softmax(e_a, -1)
                 q = torch.softmax(e.masked_fill(~word_mask_used, float("-inf")), -1)
-                a_sel = _weighted(p, img.values, groups and groups[0], images=True)  # [*shape, sim_dim]
                 s_sel = _weighted(q, txt.values[:, :L_used], groups and groups[1], images=False)
+                if cross is not None:  # regions that match this step's words gain weight
+                    e_a = e_a + cross_scale * _cross_logits(cross, F.normalize(s_sel, dim=-1),
+                                                            groups and groups[0])
+                p = torch.softmax(e_a, -1)
+                a_sel = _weighted(p, img.values, groups and groups[0], images=True)  # [*shape, sim_dim]
                 if keep_maps and L_used < L:
                     q = F.pad(q, (0, L - L_used))
                 x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
@@ -565,6 +573,20 @@ def _pair_add(img_part: torch.Tensor, txt_part: torch.Tensor, pairs) -> torch.Te
     if pairs is None:
         return img_part.unsqueeze(1) + txt_part.unsqueeze(0)
     return img_part.index_select(0, pairs[0]) + txt_part.index_select(0, pairs[1])
+
+
+def _cross_logits(values: torch.Tensor, query: torch.Tensor, groups: _Groups | None) -> torch.Tensor:
+    """<values_i, query> over each image's instances: values [I, R, d], query [*shape, d] ->
+    [*shape, R]; pairs are batched per image like :func:`_weighted` (no per-pair copy)."""
+    values = values.to(query.dtype)
+    if groups is not None:
+        rows, m = groups.rows, groups.m
+        table = query.new_zeros(rows * m, query.shape[-1]).index_copy(0, groups.slot, query)
+        if not groups.all_items:
+            values = values.reshape(len(values), -1).index_select(0, groups.row_item).view(rows, *values.shape[1:])
+        out = torch.bmm(table.view(rows, m, -1), values.transpose(1, 2))
+        return out.view(rows * m, -1).index_select(0, groups.slot)
+    return torch.einsum("icd,ird->icr", query, values)
 
 
 def _weighted(weights: torch.Tensor, values: torch.Tensor, groups: _Groups | None, images: bool) -> torch.Tensor:
