@@ -39,6 +39,7 @@ def reference_fuse(model, img, txt, *, grid: bool, keep_maps: bool = False):
         ctx_a = _ref_pair_add(img.ctx_a, txt.ctx_a, grid)
         ctx_s = _ref_pair_add(img.ctx_s, txt.ctx_s, grid)
     region_maps, word_maps, outputs, cosines = [], [], [], []
+    word_maps_all = []
     for _ in range(cfg.steps):
         if model.attention == "uniform":
             p = img.values.new_full((*shape, img.values.shape[-2]), 1.0 / img.values.shape[-2])
@@ -53,7 +54,10 @@ def reference_fuse(model, img, txt, *, grid: bool, keep_maps: bool = False):
             if cfg.att_scale > 0:
                 scale = model.att_log_scale.exp()
                 e_a, e = e_a * scale, e * scale
+            if cfg.coverage > 0 and word_maps_all:  # earlier steps' word weights held back
+                e = e - model.coverage_log_scale.exp() * sum(word_maps_all)
             q = torch.softmax(e.masked_fill(~word_mask, float("-inf")), -1)
+            word_maps_all.append(q)
             if cfg.cross_scale > 0:  # word-steered: lambda * cos(region value, selected words)
                 s_sel = _ref_weighted(q, txt.values, grid, images=False)
                 v = img.values.unsqueeze(1) if grid else img.values  # grid: [I, 1, R, d]
@@ -134,7 +138,8 @@ def some_pairs(n_img, n_txt, n=23, seed=3):
 
 OPTIONS = [dict(), dict(score_head="sum"), dict(local_skip=False, fuse_global=False),
            dict(att_scale=3.0), dict(steps=1), dict(steps=4, score_head="sum", local_skip=False),
-           dict(cross_scale=5.0), dict(cross_scale=2.0, att_scale=3.0, steps=4)]
+           dict(cross_scale=5.0), dict(cross_scale=2.0, att_scale=3.0, steps=4), dict(coverage=2.0),
+           dict(coverage=1.0, cross_scale=5.0, steps=4)]
 
 
 @pytest.fixture(params=["exp", "tanh", "tiny-blocks"])
@@ -230,8 +235,8 @@ def _grads(model, loss):
 @pytest.mark.parametrize("attention", ["context", "plain", "uniform"])
 @pytest.mark.parametrize("options", [dict(), dict(score_head="sum", att_scale=3.0),
                                      dict(local_skip=False, fuse_global=False), dict(global_weight="val"),
-                                     dict(cross_scale=5.0)],
-                         ids=["default", "sum,scale", "no-skip,no-global", "weight-on-val", "cross"])
+                                     dict(cross_scale=5.0, coverage=2.0)],
+                         ids=["default", "sum,scale", "no-skip,no-global", "weight-on-val", "cross,coverage"])
 def test_training_gradients_equal_the_reference(attention, options, kernel_path):
     model = make(attention, **options).train()
     ii, cc = some_pairs(5, 6, n=40)
@@ -248,7 +253,7 @@ def test_training_gradients_equal_the_reference(attention, options, kernel_path)
     if attention != "uniform":
         assert {"U_a.weight", "w_a.weight", "W_s.weight"} <= new.keys()
         if options.get("cross_scale"):
-            assert "cross_log_scale" in new
+            assert {"cross_log_scale", "coverage_log_scale"} <= new.keys()
     for name in ref:
         torch.testing.assert_close(new[name], ref[name], atol=5e-5, rtol=1e-3, msg=name)
     assert any(g.abs().max() > 1e-3 for g in ref.values())
@@ -317,3 +322,35 @@ def test_bf16_autocast_runs_and_stays_close_to_the_reference(attention):
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert model.lstm.weight_hh.grad.abs().max() > 0
+
+
+def test_word_steered_attention_follows_the_region_that_the_selected_words_match():
+    """--cross-scale: a caption whose words equal region r's value puts the region attention on
+    r, at every step; another caption moves it to its own region (the caption steers)."""
+    model = make("context", cross_scale=50.0).eval()
+    with torch.no_grad():
+        img, txt = sides(model, n_img=2, lengths=(4, 6))
+        for c, r in ((0, 3), (1, 7)):
+            txt.values[c] = img.values[0, r]  # every word of caption c matches region r of image 0
+        ii, cc = torch.tensor([0, 0]), torch.tensor([0, 1])
+        _, maps = model.attention_maps(img, txt, ii, cc)
+        plain = make("context").eval()
+        _, plain_maps = plain.attention_maps(*sides(plain, n_img=2, lengths=(4, 6)), ii, cc)
+    assert maps.regions.shape == (2, model.cfg.steps, 9)
+    assert (maps.regions[0].argmax(-1) == 3).all() and (maps.regions[1].argmax(-1) == 7).all()
+    assert maps.regions[:, :, [3, 7]].amax() > 0.9
+    assert plain_maps.regions.amax() < 0.5  # without it, nothing this sharp
+
+
+def test_word_coverage_makes_consecutive_steps_select_different_words():
+    def step_change(model):
+        with torch.no_grad():
+            img, txt = sides(model, n_img=4, lengths=(5, 7, 6, 8))
+            ii, cc = torch.arange(4), torch.arange(4)
+            _, maps = model.attention_maps(img, txt, ii, cc)
+        w = maps.words  # [pairs, T, L]
+        return (0.5 * (w[:, 1:] - w[:, :-1]).abs().sum(-1)).mean().item()
+
+    plain = step_change(make("context", att_scale=5.0).eval())
+    covered = step_change(make("context", att_scale=5.0, coverage=20.0).eval())
+    assert covered > 0.3 and covered > 5 * plain

@@ -38,6 +38,9 @@ class ModelConfig:
     # lambda * cos(region value, selected words) (SCAN's text-to-image attention inside the
     # sm-LSTM step), lambda learned from this start; 0: the paper's attention only
     cross_scale: float = 0.0
+    # > 0: word coverage: a step's word logits subtract beta * the weight earlier steps gave each
+    # word, so that the steps select different words (beta learned from this start); 0: off
+    coverage: float = 0.0
     score_head: str = "mlp"  # "mlp" on h_T, or "sum": a learned sum over h_1..h_T
     local_skip: bool = True  # add the mean local cosine over steps to the score (a skip path)
     fuse_global: bool = True  # add a multiple of the one-to-one cosine to the score
@@ -63,7 +66,7 @@ class ModelConfig:
                 options.fail("word_vectors", self.word_vectors, "applies to --text-encoder bilstm")
         options.at_least(self, 1, "img_dim", "word_dim", "lstm_dim", "inst_dim", "ctx_dim", "att_dim",
                          "sim_dim", "hidden_dim", "steps", "emb_dim", "cca_dim")
-        options.at_least(self, 0, "vocab_size", "att_scale", "cross_scale", "cca_reg", "cca_power")
+        options.at_least(self, 0, "vocab_size", "att_scale", "cross_scale", "coverage", "cca_reg", "cca_power")
         options.fraction(self, "dropout", "emb_dropout")
 
     @property

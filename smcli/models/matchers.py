@@ -148,6 +148,8 @@ class SmLSTM(Matcher):
                 self.att_log_scale = nn.Parameter(torch.tensor(math.log(cfg.att_scale)))
             if cfg.cross_scale > 0:  # the temperature of the word-steered region logits
                 self.cross_log_scale = nn.Parameter(torch.tensor(math.log(cfg.cross_scale)))
+            if cfg.coverage > 0:  # how much a word already selected is held back
+                self.coverage_log_scale = nn.Parameter(torch.tensor(math.log(cfg.coverage)))
         if attention == "context":
             # m = [tanh(G_img g_img); tanh(G_sen g_sen)]; D m = D_img m_img + D_sen m_sen
             self.ctx_img = nn.Linear(cfg.img_dim, dc)
@@ -284,7 +286,8 @@ class SmLSTM(Matcher):
                 ea_txt = None if ea_txt is None else ea_txt.index_select(0, cc)
             w_a, w_s = self.w_a.weight[0], self.w_s.weight[0]
             scale = self.att_log_scale.exp() if cfg.att_scale > 0 else None
-            cross = cross_scale = None
+            cross = cross_scale = covered = None
+            coverage = self.coverage_log_scale.exp() if cfg.coverage > 0 else None
             if cfg.cross_scale > 0:  # unit region values, once per call
                 cross, cross_scale = F.normalize(img.values, dim=-1), self.cross_log_scale.exp()
         region_maps, word_maps, outputs, cosines = [], [], [], []
@@ -307,7 +310,11 @@ class SmLSTM(Matcher):
                 e = _att_logits(keys_w, ea_txt, qs, w_s, None if grid else cc, images=False, lengths=lengths)
                 if scale is not None:
                     e_a, e = e_a * scale, e * scale
+                if covered is not None:
+                    e = e - coverage * covered
                 q = torch.softmax(e.masked_fill(~word_mask_used, float("-inf")), -1)
+                if cfg.coverage > 0:
+                    covered = q if covered is None else covered + q
                 s_sel = _weighted(q, txt.values[:, :L_used], groups and groups[1], images=False)
                 if cross is not None:  # regions that match this step's words gain weight
                     e_a = e_a + cross_scale * _cross_logits(cross, F.normalize(s_sel, dim=-1),
