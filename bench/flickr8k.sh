@@ -9,6 +9,8 @@
 #   STEP      run one step only: extract, tokenize, train, eval, report; default: all
 #   WORK      where features, models and logs go (default runs/flickr8k)
 #   SEED      training seed (default 0)
+#   SMLSTM_EXTRA  more smlstm train options (make pretrained: the shipped build's
+#                 "--cross-scale 9 --coverage 1 --epochs 3")
 #   EXHAUSTIVE=0  skip the exhaustive test evaluation of the many-to-many variants
 #                 (two-stage only; bench/flickr8k_seeds.sh uses it)
 # Steps reuse what earlier runs left in WORK (features, models), so each step and each
@@ -42,7 +44,7 @@ declare -A ARGS=(
     [vse]="--emb-dropout 0.2 --epochs 20 --patience 6"
     [mean]="$M2M"
     [no-context]="$M2M"
-    [smlstm]="$M2M"
+    [smlstm]="$M2M ${SMLSTM_EXTRA:-}"
 )
 
 timed() {  # timed NAME CMD...: run, keep wall time and peak RSS in $WORK/logs/NAME.time

@@ -30,7 +30,8 @@ from machine_info import cpu_model  # noqa: E402
 MODELS = {
     "flickr8k": ("model-smlstm", "eval-smlstm-two-stage.json", ["--shortlist", "50"],
                  "The Flickr8k benchmark's sm-LSTM (context-modulated attention over the 7x7 region grid and "
-                 "the MiniLM word states), trained as a re-ranker on the flickr8k-vse head; two-stage search."),
+                 "the MiniLM word states, with word-steered region attention and word coverage), trained as a "
+                 "re-ranker on the flickr8k-vse head; two-stage search."),
     "flickr8k-vse": ("model-vse", "eval-vse-exhaustive.json", ["--exhaustive"],
                      "The one-to-one model alone (global image feature and MiniLM sentence vector in a joint "
                      "space, cosine score): fast, a dot product per pair."),
