@@ -404,6 +404,26 @@ def test_concurrent_requests_answer_as_one_at_a_time_and_load_nothing(server, mo
         assert all(a == alone[j] for a in answers), jobs[j][1]
 
 
+def test_connections_beyond_the_limit_are_answered_503_at_once(engine, serve_gallery):
+    from smcli.serve.engine import Limits, SearchEngine
+    from smcli.serve.server import make_server, running
+
+    two = SearchEngine(engine.model, saved=engine.saved, image_base=serve_gallery["dir"],
+                       limits=Limits(max_connections=2))
+    with running(make_server("127.0.0.1", 0, two, log=False)) as srv:
+        idle = [socket.create_connection(srv.server_address[:2], timeout=30) for _ in range(2)]
+        try:
+            answer = raw(srv, b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 503 ") and b"2 connections are open" in answer
+        finally:
+            for s in idle:
+                s.close()
+        deadline = time.monotonic() + 30  # their threads end once the idle clients are gone
+        while call(srv, "GET", "/api/info").status != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
 # --- the page -------------------------------------------------------------------------------
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from smcli.cli.app import app
-from smcli.cli.search import CAPTIONS_HELP, DEVICE_HELP, MODEL_HELP, PRECISION_HELP
+from smcli.cli.search import DEVICE_HELP, MODEL_HELP, PRECISION_HELP
 
 
 @app.command("serve")
@@ -16,7 +16,8 @@ def serve_cmd(
         None, "--regions", help="A regions file instead of --index (encoded once at start; fine for small galleries)."),
     model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
     captions: str | None = typer.Option(
-        None, "--captions", help=CAPTIONS_HELP.split(" (")[0] + " for image -> captions (optional)."),
+        None, "--captions", help="Captions Parquet for image -> captions (optional; default: $SMCLI_CAPTIONS "
+                                 "or smcli.toml)."),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to listen on; the default is this machine only."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free one)."),
@@ -55,8 +56,8 @@ def serve_cmd(
     server = make_server(host, port, log=not quiet)  # a taken port fails before the model loads
     try:
         server.engine = SearchEngine.open(model=resolve("model", model), index=index, regions=regions,
-                                          captions=captions, image_base=image_root, device=device,
-                                          precision=precision)
+                                          captions=resolve("captions", captions, required=False),
+                                          image_base=image_root, device=device, precision=precision)
         if not server.loopback:
             warn("serve", f"listening on {host}: anyone who can reach this machine can search the gallery")
         say("serve", f"{len(server.engine):,} images ({server.engine.source}), model {server.engine.model.name}; "

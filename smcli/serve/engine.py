@@ -46,6 +46,7 @@ class Limits:
     max_pairs: int = 100  # pairs scored per request
     max_body_bytes: int = 64 * 1024  # a POST body
     max_url_bytes: int = 8 * 1024  # the request target
+    max_connections: int = 64  # open at once (one thread each); more are answered 503
 
 
 def check_int(name: str, value: int, lowest: int, highest: int) -> int:

@@ -17,7 +17,8 @@ Errors are JSON, ``{"error": "one line", "status": N}``, with the line the CLI w
 after ``smcli: error:``: 400 for a bad parameter, 404 for an unknown route, image or
 service, 405 for a wrong method, 411/413/415 for a POST body that is missing, too large or
 not JSON, 414 for a long URL, 421 for a Host header that does not name this server (DNS
-rebinding), 500 (one line in the log, no trace in the response) for anything else.
+rebinding), 503 when Limits.max_connections are already open, 500 (one line in the log,
+no trace in the response) for anything else.
 """
 
 from __future__ import annotations
@@ -104,13 +105,31 @@ class SmcliServer(ThreadingHTTPServer):
     # Connections are tracked so that closing the server ends them and waits for their
     # threads: a process that exits while a thread that ran torch is still winding down can
     # abort in C++ ("terminate called without an active exception").
+    # At most Limits.max_connections are open at once: one more is answered 503 at once.
     def process_request(self, request, client_address) -> None:
         thread = threading.Thread(target=self.process_request_thread, args=(request, client_address),
                                   name="smcli-serve-request", daemon=True)
         with self._workers_lock:
             self._workers = {t: r for t, r in self._workers.items() if t.is_alive()}
-            self._workers[thread] = request
+            busy = len(self._workers) >= self.limits.max_connections
+            if not busy:
+                self._workers[thread] = request
+        if busy:
+            self._refuse(request, f"{self.limits.max_connections} connections are open, the most this "
+                                  "server takes; try again")
+            return
         thread.start()
+
+    def _refuse(self, request, message: str) -> None:
+        body = json.dumps({"error": message, "status": 503}).encode()
+        head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
+                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n").encode()
+        try:
+            request.settimeout(1)
+            request.sendall(head + body)
+        except OSError:
+            pass
+        self.shutdown_request(request)
 
     def server_close(self) -> None:
         super().server_close()
@@ -126,7 +145,7 @@ class SmcliServer(ThreadingHTTPServer):
 
     def handle_error(self, request, client_address) -> None:  # one line, never a traceback
         exc = sys.exc_info()[1]
-        if self.log and exc is not None and not isinstance(exc, ConnectionError | TimeoutError):
+        if exc is not None and not isinstance(exc, ConnectionError | TimeoutError):
             print(f"smcli serve: error: {type(exc).__name__}: {first_line(exc, 200)}", file=sys.stderr, flush=True)
 
 
@@ -399,8 +418,8 @@ class Handler(BaseHTTPRequestHandler):
         pass  # _dispatch logs one line per request, with its time
 
     def log_message(self, format: str, *args) -> None:  # noqa: A002 - http.server's signature
-        if self.server.log:
-            print(f"smcli serve: {format % args}", file=sys.stderr, flush=True)
+        """Errors only (log_request is quiet), so even with --quiet."""
+        print(f"smcli serve: error: {format % args}", file=sys.stderr, flush=True)
 
 
 def make_server(host: str = "127.0.0.1", port: int = 8000, engine: SearchEngine | None = None, *,
