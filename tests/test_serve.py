@@ -122,10 +122,11 @@ def test_search_over_a_regions_file_ranks_as_the_index_does(serve_gallery, engin
 
     feats = tasks.load_features(engine.model, str(serve_gallery["feats"]))
     in_memory = SearchEngine(engine.model, gallery=engine.model.encode_image_set(feats))
-    a, b = in_memory.search(CAPTION, k=5), engine.search(CAPTION, k=5)
-    assert [r["id"] for r in a["results"]][:3] == [r["id"] for r in b["results"]][:3]
-    # the index keeps the matcher's tensors in float16
-    assert np.allclose([r["score"] for r in a["results"]], [r["score"] for r in b["results"]], atol=2e-3)
+    a, b = ({r["id"]: r["score"] for r in e.search(CAPTION, k=5)["results"]} for e in (in_memory, engine))
+    assert next(iter(a)) == next(iter(b)) == DOG
+    # the index stores the matcher's tensors in 8 bits: near-ties may swap, scores move little
+    both = a.keys() & b.keys()
+    assert len(both) >= 4 and all(abs(a[i] - b[i]) < 5e-3 for i in both)
 
 
 def test_the_shortlist_is_what_the_matcher_re_ranks(server, engine):
@@ -162,7 +163,7 @@ def test_pair_scores_match_the_python_api(server, serve_gallery, engine):
     assert got[0] > got[1]
     model = Model("flickr8k")
     want = model.score(DOG, texts, regions=str(serve_gallery["feats"]))[0]
-    assert np.allclose(got, want, atol=2e-3)  # the gallery's float16 tensors
+    assert np.allclose(got, want, atol=5e-3)  # the gallery's 8-bit tensors
 
 
 def test_explain_gives_the_maps_smcli_explain_draws(server, serve_gallery):
@@ -202,8 +203,8 @@ def test_explain_as_png_is_the_smcli_explain_picture(server, serve_gallery, tmp_
     served = np.asarray(Image.open(io.BytesIO(reply.body)).convert("RGB"), dtype=np.int16)
     cli = np.asarray(Image.open(tmp_path / "cli.png").convert("RGB"), dtype=np.int16)
     assert served.shape == cli.shape
-    # the same picture; the overlays differ by the gallery's float16 rounding only
-    assert np.abs(served - cli).mean() < 1.0
+    # the same picture; the overlays (and the score's last digit) differ by the gallery's rounding only
+    assert np.abs(served - cli).mean() < 2.0
 
 
 # --- refusals -------------------------------------------------------------------------------
