@@ -73,7 +73,7 @@ class SearchEngine:
     def __init__(self, model, *, saved=None, gallery=None, captions=None, image_base=None,
                  limits: Limits | None = None, source: str = ""):
         if (saved is None) == (gallery is None):
-            raise ValueError("give a saved gallery or an encoded gallery, not both")
+            raise ValueError("give exactly one of saved= (a SavedGallery) and gallery= (an encoded Gallery)")
         self.model = model
         self.saved = saved  # SavedGallery (smcli index) or None
         self.gallery = gallery  # Gallery encoded in memory (a regions file) or None
