@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the bundled example, end to end:
-#   extract-regions -> tokenize -> train -> retrieve / eval / caption-rank / explain
+#   extract-regions -> tokenize -> train -> retrieve / eval / caption-rank / explain -> index
 # Everything is written under demo-out/; smcli.toml (written here unless you have your
 # own) makes `smcli retrieve --query "a dog on grass"` work afterwards without flags.
 set -euo pipefail
@@ -41,4 +41,8 @@ echo "== 7. what the model selected, step by step"
 smcli explain --image 509778093_21236bb64d.jpg \
     --caption "a brown and white dog chasing a ball on some grass" -o "$OUT/explain.png"
 
-echo "demo done: outputs in $OUT/ (explain.png shows the saliency maps)"
+echo "== 8. a saved gallery for fast search and for the web page (smcli serve)"
+smcli index --regions "$OUT/feats.parquet" -o "$OUT/gallery" --overwrite
+
+echo "demo done: outputs in $OUT/ (explain.png shows the saliency maps);"
+echo "   browse them with: smcli serve --index $OUT/gallery, then open http://127.0.0.1:8000/"

@@ -236,3 +236,24 @@ def example_model(example_pipeline) -> Path:
                            "--lr", "1e-3", *SMALL_MODEL_ARGS, cwd=REPO, timeout=600)
     assert rc == 0, err
     return out
+
+
+@pytest.fixture(scope="session")
+def serve_gallery(tmp_path_factory) -> dict[str, Path]:
+    """What ``smcli serve`` needs, built as a user would in a folder of their own: the 32
+    example photos copied to photos/, their regions (paths stored relative, as photos/X.jpg),
+    the example captions, and a saved gallery of the pretrained flickr8k model."""
+    import shutil
+
+    d = tmp_path_factory.mktemp("serve")
+    shutil.copytree(EXAMPLES / "images", d / "photos")
+    rc, _, err = run_smcli("extract-regions", "photos", "-o", "feats.parquet", cwd=d)
+    assert rc == 0, err
+    rc, _, err = run_main("tokenize", EXAMPLES / "captions.txt", "--splits", EXAMPLES / "splits.csv",
+                          "-o", d / "captions.parquet")
+    assert rc == 0, err
+    rc, _, err = run_main("index", "--model", "flickr8k", "--regions", d / "feats.parquet", "-o", d / "gallery",
+                          cwd=d)
+    assert rc == 0, err
+    return {"dir": d, "photos": d / "photos", "feats": d / "feats.parquet", "captions": d / "captions.parquet",
+            "gallery": d / "gallery"}

@@ -31,7 +31,7 @@ from smcli import __version__
 FLICKR = DATA / "flickr_tokens.txt"
 SPLITS = DATA / "splits.csv"
 COUNTS = re.compile(r"^smcli tokenize: read [\d,]+, written [\d,]+, rejected [\d,]+$")
-COMMANDS = ("extract-regions", "tokenize", "train", "score", "retrieve", "caption-rank", "inspect")
+COMMANDS = ("extract-regions", "tokenize", "train", "score", "retrieve", "caption-rank", "inspect", "serve")
 
 
 def parquet(data: bytes) -> pa.Table:
@@ -61,6 +61,7 @@ def test_help_lists_every_command():
 @pytest.mark.parametrize("args", [
     ("--help",),
     ("tokenize", "--help"),
+    ("serve", "--help"),
     ("tokenize", str(FLICKR), "--splits", str(SPLITS), "-o", "{tmp}/c.parquet"),
     ("inspect", str(EXAMPLES / "captions.txt")),  # fails (not Parquet); must still be light
 ])

@@ -152,24 +152,46 @@ def explain_pair(model, image, caption: str, *, index: int = 0) -> Explanation:
     ``image``: an :class:`~smcli.inference.inputs.ImageSet` (row ``index``), or a pair of
     arrays (regions [R, D], global [Dg]) in the model's feature space.
     """
+    require_attention(model)
+    regions, global_, image_id, path = _one_image(image, index)
+    gh, gw = _grid(model)
+    if regions.ndim != 2 or regions.shape[0] != gh * gw:
+        raise InputError(f"image {image_id}: {regions.shape[0] if regions.ndim == 2 else '?'} regions, "
+                         f"but the model's grid is {gh}x{gw}")
+    gallery = model.encode_images([image_id], [path or ""], regions[None], global_[None])
+    return explain_encoded(model, gallery, caption)
+
+
+def _grid(model) -> tuple[int, int]:
+    grid = model.loaded.info.features.get("grid")
+    if not grid or len(grid) != 2:
+        raise InputError(f"{model.name}: the model's feature signature has no region grid")
+    return int(grid[0]), int(grid[1])
+
+
+def explain_encoded(model, gallery, caption: str, *, index: int = 0) -> Explanation:
+    """:func:`explain_pair` for an image already encoded: row ``index`` of a
+    :class:`~smcli.inference.matcher.Gallery` (a gallery encoded once, or the tensors a
+    saved gallery stores), so a server explains without the region features."""
     import torch
 
     from smcli.runtime import autocast
 
     require_attention(model)
-    regions, global_, image_id, path = _one_image(image, index)
-    grid = model.loaded.info.features.get("grid")
-    if not grid or len(grid) != 2:
-        raise InputError(f"{model.name}: the model's feature signature has no region grid")
-    gh, gw = int(grid[0]), int(grid[1])
-    if regions.ndim != 2 or regions.shape[0] != gh * gw:
-        raise InputError(f"image {image_id}: {regions.shape[0] if regions.ndim == 2 else '?'} regions, "
+    gh, gw = _grid(model)
+    if not 0 <= index < len(gallery.side):
+        raise IndexError(f"image index {index} out of range ({len(gallery.side)} images)")
+    image_id = str(gallery.image_ids[index]) if gallery.image_ids else "image"
+    path = gallery.paths[index] if gallery.paths else None
+    keys = gallery.side.values if gallery.side.keys is None else gallery.side.keys
+    if keys is None or keys.shape[1] != gh * gw:
+        raise InputError(f"image {image_id}: {keys.shape[1] if keys is not None else '?'} regions, "
                          f"but the model's grid is {gh}x{gw}")
     text_side, pieces, groups, words, unknown, truncated = _encode_caption(model, caption)
-    gallery = model.encode_images([image_id], [path or ""], regions[None], global_[None])
+    row = torch.tensor([index], dtype=torch.long, device=model.device)
     zero = torch.zeros(1, dtype=torch.long, device=model.device)
     with torch.inference_mode(), autocast(model.device, model.precision):
-        scores, maps = model.model.attention_maps(gallery.side, text_side, zero, zero)
+        scores, maps = model.model.attention_maps(gallery.side, text_side, row, zero)
     region = maps.regions[0].float().cpu().numpy().astype(np.float64)  # [T, R]
     piece_w = maps.words[0].float().cpu().numpy().astype(np.float64)[:, : len(pieces)]  # [T, P]
     # bf16 arithmetic leaves sums a hair off 1; the maps are distributions
@@ -179,7 +201,7 @@ def explain_pair(model, image, caption: str, *, index: int = 0) -> Explanation:
     return Explanation(
         score=float(scores[0].float()), variant=model.loaded.config.variant,
         text_encoder=model.loaded.config.text_encoder, model=model.name, caption=caption,
-        image_id=image_id, image_path=path, grid=(gh, gw), region_maps=region.reshape(-1, gh, gw),
+        image_id=image_id, image_path=path or None, grid=(gh, gw), region_maps=region.reshape(-1, gh, gw),
         words=words, word_weights=word_w, pieces=pieces, piece_weights=piece_w,
         unknown=unknown, truncated=truncated,
     )

@@ -2,7 +2,8 @@
 
 - :func:`score_pairs`: a score for each (image, caption) pair, in input order;
 - :func:`rank_captions`: candidate captions ranked for each image;
-- :func:`search_images` / :func:`search_texts`: retrieval with a text or an image query.
+- :func:`search_images` / :func:`search_texts`: retrieval with a text or an image query
+  (:func:`search_gallery` and :func:`query_index`: over a gallery opened once).
 Rows that cannot be scored (unknown ids) go to the run report, never silently away.
 """
 
@@ -264,8 +265,16 @@ def _image_table(queries: list[str], ranking: Ranking, ids: list[str], paths: li
 def search_images(model: MatchModel, feats, queries: list[str], top_k: int,
                   shortlist: int | None) -> pa.Table:
     """Text -> images over the gallery ``feats``."""
+    for q in queries:
+        model.check_query(q)
+    return search_gallery(model, model.encode_image_set(feats), queries, top_k, shortlist)
+
+
+def search_gallery(model: MatchModel, gallery: Gallery, queries: list[str], top_k: int,
+                   shortlist: int | None) -> pa.Table:
+    """Text -> images over a gallery encoded once (:meth:`MatchModel.encode_image_set`),
+    for many queries (a server): the table of :func:`search_images`."""
     texts = _check_queries(model, queries)
-    gallery = model.encode_image_set(feats)
     ranking = images_for_texts(model, gallery, texts, top_k, shortlist)
     return _image_table(queries, ranking, gallery.image_ids, gallery.paths)
 

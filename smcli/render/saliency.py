@@ -3,9 +3,10 @@
 Pictures are drawn with Pillow and numpy only (no matplotlib): one panel per step, the
 photo with the bilinearly upsampled map as a heat overlay (low saliency dimmed, high
 saliency tinted), and under it the caption with each word's weight as background
-intensity and a percentage. The PNG and the HTML page share one layout: the same panel
-size, header lines, per-step notes and legend (:func:`panel_size`, :func:`header_lines`,
-:func:`step_note`, :func:`words_legend`, :func:`colour_bar`); only how they are drawn differs.
+intensity and a percentage. The PNG, the HTML page and the JSON that ``smcli serve``'s page
+draws (:func:`compose_json`) share one layout: the same panel size, header lines, per-step
+notes and legend (:func:`panel_size`, :func:`header_lines`, :func:`step_note`,
+:func:`words_legend`, :func:`colour_bar`); only how they are drawn differs.
 The maps themselves come from :func:`smcli.inference.explain.explain_pair`.
 """
 
@@ -84,13 +85,17 @@ def word_background(v: float) -> tuple[int, int, int]:
 # Photos and fonts
 
 
-def load_photo(path: str | Path, max_side: int = 1024):
-    """The image file as an RGB PIL image, EXIF-oriented (as extract-regions sees it)."""
+def load_photo(path, max_side: int = 1024, *, name: str | None = None):
+    """The image file (a path, or a binary file open for reading, called ``name`` in errors)
+    as an RGB PIL image, EXIF-oriented (as extract-regions sees it)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"image file {path}: not found")
+    if hasattr(path, "read"):
+        p, path = path, name or "image"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"image file {path}: not found")
     try:
         with Image.open(p) as im:
             if im.format == "JPEG":
@@ -377,7 +382,8 @@ figcaption b{font-size:15px} figcaption span{font-size:12px;color:#696973}
 """
 
 
-def _data_uri(image, fmt: str) -> str:
+def data_uri(image, fmt: str) -> str:
+    """A PIL image as a data: URI (``fmt`` "JPEG" or "PNG")."""
     buf = io.BytesIO()
     if fmt == "JPEG":
         image.save(buf, format="JPEG", quality=90)
@@ -397,7 +403,7 @@ def compose_html(ex: Explanation, photo) -> str:
     shown = photo
     if pw > 2 * iw:  # sharp on high-density screens, no bigger
         shown = photo.resize((2 * iw, max(1, round(ph * 2 * iw / pw))), Image.Resampling.LANCZOS)
-    photo_uri = _data_uri(shown, "JPEG")
+    photo_uri = data_uri(shown, "JPEG")
     lines = header_lines(ex)
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -415,7 +421,7 @@ def compose_html(ex: Explanation, photo) -> str:
         parts.append(f'<figure><figcaption><b>step {t + 1}</b><span>{e(note)}</span></figcaption>')
         parts.append(f'<div class="stack" title="hover to see the photo">'
                      f'<img src="{photo_uri}" alt="{e(ex.image_id)}">'
-                     f'<img class="map" src="{_data_uri(layer, "PNG")}" '
+                     f'<img class="map" src="{data_uri(layer, "PNG")}" '
                      f'alt="saliency map, step {t + 1}"></div>')
         parts.append('<div class="words">')
         for word, wt, rgb, pct, unk in step_words(ex, t):
@@ -425,7 +431,7 @@ def compose_html(ex: Explanation, photo) -> str:
                          f'<span style="background:{bg}">{e(word)}</span><small>{pct}</small></span>')
         parts.append("</div></figure>")
     parts.append("</div>")
-    parts.append(f'<p class="legend">region saliency low<img class="bar" src="{_data_uri(colour_bar(), "PNG")}" '
+    parts.append(f'<p class="legend">region saliency low<img class="bar" src="{data_uri(colour_bar(), "PNG")}" '
                  'alt="colour scale">peak of the step; hover a picture to see the photo. '
                  f"Word weight: {words_legend(ex)}.</p>")
     parts.append("</body></html>")
@@ -437,3 +443,33 @@ def render_html(ex: Explanation, image_path: str | Path | None, out_path: str | 
     """Write the explanation as a self-contained HTML page, atomically."""
     page = compose_html(ex, photo if photo is not None else _photo_for(ex, image_path))
     return _write_atomically(out_path, lambda fh: fh.write(page.encode("utf-8")))
+
+
+# ---------------------------------------------------------------------------------------
+# The same layout as data (smcli serve's page draws it)
+
+
+def compose_json(ex: Explanation, photo) -> dict:
+    """The explanation as JSON-ready data for a web page: the header lines, and per step
+    the note, the peak, the raw map and its overlay (a PNG data URI of the PNG's panel size,
+    to lay over the photo), and the words with their weights and backgrounds."""
+    from PIL import Image
+
+    iw, ih = panel_size(photo)
+    steps = []
+    for t in range(ex.steps):
+        r, c, peak = ex.peak(t)
+        layer = Image.fromarray(overlay_rgba(display_values(ex, t, (iw, ih))), "RGBA")
+        steps.append({
+            "step": t + 1, "note": step_note(ex, t),
+            "peak": {"row": r, "col": c, "weight": peak} if ex.selective else None,
+            "map": ex.region_maps[t].round(6).tolist(),
+            "overlay": data_uri(layer, "PNG"),
+            "words": [{"word": w, "weight": round(wt, 6), "background": "#{:02x}{:02x}{:02x}".format(*bg),
+                       "percent": pct, "unknown": unk} for w, wt, bg, pct, unk in step_words(ex, t)],
+        })
+    return {"score": ex.score, "variant": ex.variant, "text_encoder": ex.text_encoder, "model": ex.model,
+            "image_id": ex.image_id, "caption": ex.caption, "grid": list(ex.grid), "selective": ex.selective,
+            "truncated": ex.truncated, "size": [iw, ih],
+            "header": [{"role": role, "text": text} for role, text in header_lines(ex)],
+            "steps": steps, "legend": {"words": words_legend(ex), "colour_bar": data_uri(colour_bar(), "PNG")}}
