@@ -56,4 +56,4 @@ lint: install
 	$(BIN)/ruff check smcli tests bench
 
 clean:
-	rm -rf demo-out .pytest_cache
+	rm -rf demo-out .pytest_cache .hypothesis

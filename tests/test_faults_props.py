@@ -490,7 +490,8 @@ def _search(matcher, directory: Path):
     return table
 
 
-@pytest.mark.parametrize("name", ["meta.json", "images.parquet", "embeddings.faiss", "keys.npy", "values.npy"])
+@pytest.mark.parametrize("name", ["meta.json", "images.parquet", "embeddings.faiss", "keys.npy", "keys.scale.npy",
+                                  "values.npy"])
 def test_gallery_with_a_damaged_file(scoring, small_gallery, tmp_path, name):
     if not (small_gallery / name).is_file():
         pytest.skip(f"this model's gallery has no {name}")
