@@ -14,7 +14,7 @@ ifeq ($(OS)-$(ARCH),Linux-x86_64)
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install test demo bench bench-flickr8k pretrained lint clean
+.PHONY: install test test-faults-long demo bench bench-flickr8k pretrained lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,12 @@ $(STAMP): pyproject.toml
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The fault-injection suite's long version (RELIABILITY.md): more truncation offsets and
+# flipped bytes, more signal points, 25x the hypothesis examples. `make test` runs the short one.
+test-faults-long: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider --faults-long tests/test_faults.py tests/test_faults_props.py \
+	    tests/test_faults_signals.py
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash examples/demo.sh
@@ -51,4 +57,4 @@ lint: install
 	$(BIN)/ruff check smcli tests bench
 
 clean:
-	rm -rf demo-out .pytest_cache
+	rm -rf demo-out .pytest_cache .hypothesis

@@ -7,7 +7,7 @@ EXIT_USAGE = 2  # bad arguments or options that do not make sense together
 EXIT_BELOW_GATE = 3  # a quality gate (--fail-under) was not met; the output was still written
 EXIT_INTERRUPTED = 130  # Ctrl-C
 EXIT_TERMINATED = 143  # SIGTERM (128 + 15), handled like Ctrl-C: the same cleanup, one line
-EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (like SIGPIPE); typer and rich exit 1
+EXIT_BROKEN_PIPE = 141  # the reader of stdout went away (like SIGPIPE), quietly: not bad input
 
 
 class SmcliError(Exception):

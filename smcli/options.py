@@ -8,6 +8,7 @@ one line naming the option as the command line spells it, from Python as from th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Iterable
@@ -39,13 +40,13 @@ def check_types(obj: Any) -> None:
                 ok |= isinstance(value, bool)
             elif t is int:
                 ok |= isinstance(value, int) and not isinstance(value, bool)
-            elif t is float:
-                ok |= isinstance(value, int | float) and not isinstance(value, bool)
+            elif t is float:  # NaN and inf are never a setting (a NaN must never rank)
+                ok |= isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
             else:
                 ok |= isinstance(value, t)
         if not ok:
             names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
-            fail(f.name, repr(value), f"must be {names}")
+            fail(f.name, repr(value), f"must be {names}" + (" (finite)" if float in allowed else ""))
 
 
 def choice(obj: Any, field: str, choices: Iterable[Any]) -> None:

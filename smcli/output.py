@@ -32,12 +32,11 @@ def emit(table: pa.Table, kind: str, producer: dict, output: str | None, *,
 
         target: OutputTarget = resolve_output(output)
         return write_table(target, table, new_meta(kind, producer))
-    from rich.console import Console
     from rich.table import Table
 
     cols = list(show or table.column_names)
     rows = table.select(cols).to_pylist()
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    out = console()
     view = Table(title=title or None, show_lines=False, title_justify="left")
     for c in cols:
         numeric = c == "rank" or c.endswith(("score", "cosine"))
@@ -49,8 +48,23 @@ def emit(table: pa.Table, kind: str, producer: dict, output: str | None, *,
                 view.add_section()
             previous = row[group]
         view.add_row(*[_fmt(row[c]) for c in cols])
-    console.print(view)
+    out.print(view)
     return len(rows)
+
+
+def console(**options):
+    """A rich console on stdout (120 columns in a pipe) whose broken pipe reaches the CLI's
+    handler (a quiet exit 141) instead of rich's own exit 1, the code of bad input."""
+    import errno
+
+    from rich.console import Console
+
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:
+            self.quiet = True
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    return PipeConsole(**{"width": None if sys.stdout.isatty() else 120, **options})
 
 
 _START = object()

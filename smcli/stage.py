@@ -72,11 +72,15 @@ class StageMeta:
         header = json.loads(kv[META_KEY])  # ValueError when it is not JSON
         if not isinstance(header, dict) or not isinstance(header.get("producer", {}), dict):
             raise ValueError("smcli metadata is not a JSON object with a producer object")
+        version = header.get("schema_version", 0)
+        if (not isinstance(header.get("schema", "?"), str) or not isinstance(header.get("smcli_version", "?"), str)
+                or not isinstance(version, int) or isinstance(version, bool)):
+            raise ValueError("smcli metadata has a schema, schema_version or smcli_version of the wrong type")
         prefix = META_KEY + b"."
         blobs = {k[len(prefix):].decode(): v for k, v in kv.items() if k.startswith(prefix)}
         return cls(
             kind=header.get("schema", "?"),
-            schema_version=int(header.get("schema_version", 0)),
+            schema_version=version,
             smcli_version=header.get("smcli_version", "?"),
             producer=header.get("producer", {}),
             blobs=blobs,
@@ -275,6 +279,25 @@ def check_not_input(output: str | os.PathLike | None, inputs: Iterable[str | os.
             raise UsageError(f"{option} {output}: is the input {given}; write the output to another file")
 
 
+def check_second_output(path: str | os.PathLike, option: str, *, output: str | os.PathLike | None,
+                        inputs: Iterable[str | os.PathLike | None]) -> Path:
+    """Check a second file a command writes (``--errors``, ``--vocab-out``) before any work:
+    it can be created, it is none of the inputs, and it is not the ``-o`` file."""
+    p = check_output_path(path, option)
+    check_not_input(p, inputs, option)
+    if output is not None and str(output) != "-" and (
+            os.path.abspath(p) == os.path.abspath(output) or _same_existing(p, output)):
+        raise UsageError(f"{option} {path}: is also the -o file; write it to another file")
+    return p
+
+
+def _same_existing(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -290,10 +313,15 @@ class AtomicFile:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         except OSError as exc:
             raise SmcliError(f"{path}: cannot write ({exc.strerror})") from None
-        # mkstemp creates the file 0600; give the result the mode a plain open() would.
-        os.fchmod(fd, 0o666 & ~_umask())
         self.tmp_path = Path(tmp)
-        self.handle: IO[bytes] = os.fdopen(fd, "wb")
+        try:
+            # mkstemp creates the file 0600; give the result the mode a plain open() would.
+            os.fchmod(fd, 0o666 & ~_umask())
+            self.handle: IO[bytes] = os.fdopen(fd, "wb")
+        except BaseException:  # Ctrl-C / SIGTERM here too: the temporary never stays
+            os.close(fd)
+            self.tmp_path.unlink(missing_ok=True)
+            raise
 
     def commit(self) -> None:
         try:
@@ -400,8 +428,13 @@ class StageWriter:
         # Dictionary encoding and min/max statistics only for scalar columns: on float vector
         # columns (region grids, embeddings) they cost half the write time and grow the file.
         scalar = [f.name for f in self.schema if not pa.types.is_nested(f.type)]
-        self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd", use_dictionary=scalar,
-                                        write_statistics=scalar)
+        try:
+            self._writer = pq.ParquetWriter(sink, self.schema, compression="zstd", use_dictionary=scalar,
+                                            write_statistics=scalar)
+        except BaseException:  # Ctrl-C / SIGTERM while starting: no temporary left behind
+            if self._atomic is not None:
+                self._atomic.abort()
+            raise
 
     def write(self, data: pa.RecordBatch | pa.Table | Mapping[str, Any]) -> None:
         """Add rows: a record batch, a table or a mapping of column name to values."""

@@ -44,6 +44,26 @@ needs_shared = pytest.mark.skipif(
 HEAVY_MODULES = ("torch", "torchvision", "timm", "transformers", "faiss")
 
 
+# The long fault-injection suite (make test-faults-long): more damage offsets, signal points
+# and hypothesis examples. Set before the test modules are imported, which read it.
+FAULTS_LONG_ENV = "SMCLI_FAULTS_LONG"
+
+
+def pytest_addoption(parser) -> None:
+    parser.addoption("--faults-long", action="store_true", default=False,
+                     help="run the long fault-injection suite (tests/test_faults*.py; make test-faults-long)")
+
+
+def pytest_configure(config) -> None:
+    if config.getoption("--faults-long"):
+        os.environ[FAULTS_LONG_ENV] = "1"
+
+
+def faults_long() -> bool:
+    """Whether this is the long fault-injection run (--faults-long or SMCLI_FAULTS_LONG=1)."""
+    return os.environ.get(FAULTS_LONG_ENV) == "1"
+
+
 def child_env(env: dict[str, str] | None) -> dict[str, str]:
     base = dict(os.environ)
     # A predictable child: no colour codes, a fixed width for rich, unbuffered stderr.

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLES, REPO, SMALL_MODEL_ARGS, assert_one_line_error, child_env, run_main
+from conftest import EXAMPLES, REPO, SMALL_MODEL_ARGS, assert_one_line_error, child_env, faults_long, run_main
 
 from smcli.errors import SmcliError
 
@@ -57,7 +57,17 @@ def flip(data: bytes, at: float = 0.5, n: int = 8) -> bytes:
     return data[:i] + bytes(b ^ 0xFF for b in data[i:i + n]) + data[i + n:]
 
 
+def scribble(data: bytes, seed: int, n: int = 16) -> bytes:
+    """``n`` bytes at seeded random places replaced by seeded random values."""
+    rng = np.random.default_rng(seed)
+    out = bytearray(data)
+    for i in rng.integers(0, len(out), n) if out else []:
+        out[i] = int(rng.integers(0, 256))
+    return bytes(out)
+
+
 # Generated damage: name -> bytes -> bytes. Truncation at several offsets, flipped bytes, empty.
+# The long suite (make test-faults-long) adds more offsets, more flips and seeded scribbles.
 DAMAGES = {
     "empty": lambda b: b"",
     "head16": lambda b: b[:16],
@@ -66,7 +76,20 @@ DAMAGES = {
     "flip-mid": lambda b: flip(b, 0.5),
     "flip-end": lambda b: flip(b, 0.97),
 }
-TRUNCATIONS = ("empty", "head16", "half", "last7")  # these must always be noticed
+TRUNCATIONS = ["empty", "head16", "half", "last7"]  # these must always be noticed
+if faults_long():
+    for _n in (1, 4, 64, 512):
+        DAMAGES[f"head{_n}"] = lambda b, n=_n: b[:n]
+    for _q in (1, 3):
+        DAMAGES[f"quarter{_q}"] = lambda b, q=_q: b[:len(b) * q // 4]
+    for _n in (2, 64, 1024):
+        DAMAGES[f"last{_n}"] = lambda b, n=_n: b[:-n]
+    TRUNCATIONS += ["head1", "head4", "head64", "head512", "quarter1", "quarter3", "last2", "last64", "last1024"]
+    for _at in (0.0, 0.02, 0.1, 0.25, 0.75, 0.9, 0.999):
+        DAMAGES[f"flip1-{_at:g}"] = lambda b, at=_at: flip(b, at, 1)
+        DAMAGES[f"flip8-{_at:g}"] = lambda b, at=_at: flip(b, at, 8)
+    for _seed in range(6):
+        DAMAGES[f"scribble-{_seed}"] = lambda b, seed=_seed: scribble(b, seed)
 
 
 def refused(fn, *fragments: str) -> str:
@@ -254,6 +277,85 @@ def test_an_input_by_another_name_is_still_refused(example_pipeline, tmp_path):
     assert_one_line_error(rc, err, "is the input")
     assert digest(inp["dir"]) == before
 
+
+
+# Inputs named by $SMCLI_* or smcli.toml (smcli/defaults.py) are inputs too: an output over
+# one of them is refused like one over a flag's file, before any work.
+
+DEFAULTED = {  # command -> (the setting that names the input, the args writing over it)
+    "score": ("regions", lambda inp, model: ("score", "--model", model, "--captions", inp["captions"],
+                                             "-o", inp["feats"])),
+    "score-errors": ("captions", lambda inp, model: ("score", "--model", model, "--regions", inp["feats"],
+                                                     "-o", inp["dir"] / "s.parquet", "--errors", inp["captions"])),
+    "caption-rank": ("captions", lambda inp, model: ("caption-rank", "--model", model, "--regions", inp["feats"],
+                                                     "-o", inp["captions"])),
+    "retrieve": ("regions", lambda inp, model: ("retrieve", "--model", model, "-q", "a dog", "-o", inp["feats"])),
+    "retrieve-image": ("captions", lambda inp, model: ("retrieve", "--model", model, "--image", inp["image"],
+                                                       "-o", inp["captions"])),
+    "retrieve-eval": ("captions", lambda inp, model: ("retrieve", "--model", model, "--regions", inp["feats"],
+                                                      "--eval", "-o", inp["captions"])),
+}
+
+
+@pytest.mark.parametrize("source", ["env", "toml"])
+@pytest.mark.parametrize("command", list(DEFAULTED))
+def test_an_input_from_the_defaults_is_never_overwritten(example_pipeline, example_model, tmp_path, monkeypatch,
+                                                          command, source):
+    inp = _inputs(example_pipeline, tmp_path)
+    key, args = DEFAULTED[command]
+    path = inp["feats" if key == "regions" else "captions"]
+    monkeypatch.delenv("SMCLI_REGIONS", raising=False)
+    monkeypatch.delenv("SMCLI_CAPTIONS", raising=False)
+    if source == "env":
+        monkeypatch.setenv(f"SMCLI_{key.upper()}", str(path))
+    else:
+        (inp["dir"] / "smcli.toml").write_text(f'{key} = "{path.name}"\n')  # relative to the file
+    before = digest(tmp_path)
+    rc, _, err = run_main(*args(inp, example_model), cwd=inp["dir"])
+    assert rc == 2, err
+    assert_one_line_error(rc, err, "is the input")
+    assert len(err.strip().splitlines()) == 1, err  # refused before any work
+    assert digest(tmp_path) == before and not temporaries(tmp_path)
+
+
+def test_explain_never_writes_over_its_photo(example_model, tmp_path, good_image_bytes):
+    from PIL import Image
+
+    photo = tmp_path / "photo.png"
+    Image.open(EXAMPLES / "images" / sorted(os.listdir(EXAMPLES / "images"))[0]).save(photo)
+    before = digest(tmp_path)
+    rc, _, err = run_main("explain", "--model", example_model, "--image", photo, "--caption", "a dog", "-o", photo)
+    assert rc == 2
+    assert_one_line_error(rc, err, "is the input")
+    assert digest(tmp_path) == before
+
+
+# --errors FILE: checked with -o before any work (can be created, not an input, not -o)
+
+ERRORS_COMMANDS = {
+    "extract-regions": lambda inp, model, out: ("extract-regions", inp["image"], "--workers", "0", "-o", out),
+    "tokenize": lambda inp, model, out: ("tokenize", inp["text"], "-o", out),
+    "score": lambda inp, model, out: ("score", "--model", model, "--regions", inp["feats"], "--captions",
+                                      inp["captions"], "-o", out),
+    "caption-rank": lambda inp, model, out: ("caption-rank", "--model", model, "--regions", inp["feats"],
+                                             "--captions", inp["captions"], "-o", out),
+}
+
+
+@pytest.mark.parametrize("hazard", ["missing-parent", "a-directory", "an-input", "the-output"])
+@pytest.mark.parametrize("command", list(ERRORS_COMMANDS))
+def test_errors_path_is_checked_before_the_work(example_pipeline, example_model, tmp_path, command, hazard):
+    inp = _inputs(example_pipeline, tmp_path)
+    out = tmp_path / "result.parquet"
+    errors = {"missing-parent": tmp_path / "no" / "errors.csv", "a-directory": inp["dir"],
+              "an-input": inp[OWN_INPUT[command]], "the-output": out}[hazard]
+    before = digest(tmp_path)
+    rc, _, err = run_main(*ERRORS_COMMANDS[command](inp, example_model, out), "--errors", errors)
+    assert rc == 2, err
+    assert_one_line_error(rc, err, "--errors")
+    assert len(err.strip().splitlines()) == 1, err  # nothing ran: no progress, no counts
+    assert not out.exists() and digest(tmp_path) == before and not temporaries(tmp_path)
+    assert not (tmp_path / "no").exists()
 
 # ---------------------------------------------------------------------------------------
 # 2. Non-finite numbers never rank, never count as a hit, never pass unreported
@@ -487,7 +589,7 @@ def test_damaged_pairs_file_is_one_line_or_counted(example_pipeline, example_mod
 
 
 CONFIG_DAMAGES = {
-    **{k: v for k, v in DAMAGES.items() if k != "flip-end"},
+    **DAMAGES,
     "not-an-object": lambda b: b"[1, 2, 3]",
     "dim-a-string": lambda b: _config_set(b, "emb_dim", "64"),
     "dim-negative": lambda b: _config_set(b, "emb_dim", -5),
@@ -510,7 +612,10 @@ def test_damaged_model_config_is_refused(example_model, tmp_path, damage):
     m = copy_model(example_model, tmp_path / "m")
     cfg = m / "config.json"
     cfg.write_bytes(CONFIG_DAMAGES[damage](cfg.read_bytes()))
-    refused(lambda: load_model(m), str(m))
+    if damage.startswith("scribble"):  # random bytes may land in a value nothing checks (a version)
+        refused_or_ok(lambda: load_model(m))
+    else:
+        refused(lambda: load_model(m), str(m))
 
 
 @pytest.mark.parametrize("damage", list(DAMAGES))
@@ -538,7 +643,11 @@ def resume_state(example_pipeline, tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("damage", ["empty", "head16", "half", "flip-end", "json-garbage"])
+RESUME_DAMAGES = ["empty", "head16", "half", "flip-end", "json-garbage"] + (
+    [d for d in DAMAGES if d not in ("empty", "head16", "half", "flip-end")] if faults_long() else [])
+
+
+@pytest.mark.parametrize("damage", RESUME_DAMAGES)
 def test_damaged_resume_state_is_refused(example_pipeline, resume_state, tmp_path, damage):
     from smcli.training.checkpoint import STATE_FILE
 
@@ -556,17 +665,69 @@ def test_damaged_resume_state_is_refused(example_pipeline, resume_state, tmp_pat
     rc, _, err = run_main("train", "--regions", example_pipeline["feats"], "--captions",
                           example_pipeline["captions"], "-o", m, "--epochs", "2", "--batch-size", "16",
                           "--resume", *SMALL_MODEL_ARGS)
-    if damage == "flip-end" and rc == 0:  # the flip may land in a tensor value
+    if damage not in TRUNCATIONS and damage != "json-garbage" and rc == 0:  # a flip may land in a tensor value
         return
     assert rc == 1, err
     assert_one_line_error(rc, err, STATE_FILE)
     assert state.read_bytes() == damaged and not temporaries(m)
 
 
+def _progress_case(progress: dict, case: str) -> dict:
+    """A resume state's progress with one key missing or of the wrong type."""
+    kind, key = case.split(":", 1)
+    p = json.loads(json.dumps(progress))
+    if kind == "missing":
+        del p[key]
+    elif kind == "string":
+        p[key] = "3"
+    elif kind == "negative":
+        p[key] = -1
+    elif kind == "list":
+        p[key] = [1, 2]
+    elif kind == "nan":
+        p[key] = float("nan")
+    elif kind == "config":  # a saved setting that does not check out
+        p["config"][key] = "transformer" if key == "variant" else -4
+    elif kind == "option":
+        p["options"][key] = "many" if key == "epochs" else -1.0
+    return p
+
+
+PROGRESS_CASES = ["missing:epoch", "missing:step", "missing:best_rsum", "missing:config", "missing:options",
+                  "string:epoch", "negative:step", "list:options", "string:config", "nan:best_rsum",
+                  "list:pairs", "config:variant", "config:emb_dim", "option:epochs", "option:lr"]
+
+
+@pytest.mark.parametrize("case", PROGRESS_CASES)
+def test_resume_state_with_missing_or_ill_typed_keys_is_one_line(example_pipeline, resume_state, tmp_path, case):
+    """A resume state that is a valid file but whose progress lacks a key, holds the wrong
+    type, or saved settings that no longer check out: one line naming the file, exit 1."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from smcli.training.checkpoint import STATE_FILE
+
+    m = tmp_path / "m"
+    shutil.copytree(resume_state, m)
+    state = m / STATE_FILE
+    with safe_open(str(state), framework="pt") as f:
+        meta = f.metadata()
+    progress = _progress_case(json.loads(meta["progress"]), case)
+    save_file(load_file(state), state, metadata={**meta, "progress": json.dumps(progress)})
+    before = digest(m)
+    rc, _, err = run_main("train", "--regions", example_pipeline["feats"], "--captions",
+                          example_pipeline["captions"], "-o", m, "--epochs", "2", "--batch-size", "16",
+                          "--resume", *SMALL_MODEL_ARGS)
+    assert rc == 1, err
+    line = assert_one_line_error(rc, err, STATE_FILE, "damaged resume state")
+    assert case.split(":", 1)[1] in line or case.startswith("option") or case.startswith("config"), line
+    assert digest(m) == before and not temporaries(m)
+
+
 GALLERY_FILES = ["meta.json", "images.parquet", "embeddings.faiss", "keys.npy"]
 
 
-@pytest.mark.parametrize("damage", ["empty", "head16", "half", "last7", "flip-mid"])
+@pytest.mark.parametrize("damage", list(DAMAGES) if faults_long() else ["empty", "head16", "half", "last7", "flip-mid"])
 @pytest.mark.parametrize("name", GALLERY_FILES)
 def test_damaged_gallery_is_refused(gallery, tmp_path, name, damage):
     from smcli.inference.gallery import open_gallery

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from smcli.cli.app import app
+from smcli.cli.app import StdoutClosed, app
 
 # Registration order is the order of ``smcli --help``.
 from smcli.cli import extract as _extract  # noqa: E402,F401
@@ -69,6 +69,15 @@ def _main() -> None:
         # standalone_mode=False: click hands usage errors, a broken pipe and Ctrl-C to us
         # instead of printing a boxed usage message or exiting 1 on EPIPE.
         rv = app(standalone_mode=False)
+    except StdoutClosed:
+        _quiet_broken_pipe()
+        sys.exit(EXIT_BROKEN_PIPE)
+    except SystemExit as exc:
+        # rich (typer's help pages) ends a broken pipe itself: stdout pointed at /dev/null,
+        # then exit 1, the code of bad input
+        if exc.code == 1 and _stdout_is_devnull():
+            sys.exit(EXIT_BROKEN_PIPE)
+        raise
     except SmcliError as exc:
         _stderr_line(f"smcli: error: {exc}")
         sys.exit(exc.exit_code)
@@ -87,8 +96,7 @@ def _main() -> None:
         _stderr_line("smcli: interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except OSError as exc:
-        # typer and rich end a run whose stdout reader went away themselves (quietly, exit
-        # 1); a broken pipe that reaches us still ends quietly.
+        # a broken pipe outside a command (--help, --version) ends quietly too
         if isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE:
             _quiet_broken_pipe()
             sys.exit(EXIT_BROKEN_PIPE)
@@ -109,6 +117,14 @@ def _stderr_line(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
     except (BrokenPipeError, OSError):
         pass
+
+
+def _stdout_is_devnull() -> bool:
+    try:
+        out, null = os.fstat(sys.stdout.fileno()), os.stat(os.devnull)
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is an OSError
+        return False
+    return (out.st_dev, out.st_ino) == (null.st_dev, null.st_ino)
 
 
 def _quiet_broken_pipe() -> None:

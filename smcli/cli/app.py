@@ -2,11 +2,43 @@
 
 from __future__ import annotations
 
+import errno
+
 import typer
+from typer.core import TyperGroup
 
 from smcli._version import __version__
 
+
+class StdoutClosed(Exception):
+    """The reader of stdout went away (``smcli ... | head``); not an OSError, so that typer
+    does not turn it into exit 1, the code of bad input."""
+
+
+def _pipe_closed(exc: OSError) -> bool:
+    return isinstance(exc, BrokenPipeError) or exc.errno == errno.EPIPE
+
+
+class _Group(TyperGroup):
+    def parse_args(self, ctx, args):  # smcli --help / --version print here
+        try:
+            return super().parse_args(ctx, args)
+        except OSError as exc:
+            if _pipe_closed(exc):
+                raise StdoutClosed() from None
+            raise
+
+    def invoke(self, ctx):  # the commands (and their --help)
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if _pipe_closed(exc):
+                raise StdoutClosed() from None
+            raise
+
+
 app = typer.Typer(
+    cls=_Group,
     name="smcli",
     help=(
         "Image-sentence matching with the selective multimodal LSTM (sm-LSTM). "

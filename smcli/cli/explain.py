@@ -31,9 +31,10 @@ def explain_cmd(
     from smcli.defaults import resolve
     from smcli.errors import InputError, UsageError
     from smcli.report import say
-    from smcli.stage import check_output_path
+    from smcli.stage import check_not_input, check_output_path
 
     out = check_output_path(output)
+    check_not_input(out, [image, resolve("regions", regions, required=False)])  # a .png photo, say
     suffix = out.suffix.lower()
     if not html and suffix not in (".png", ".html", ".htm"):
         raise UsageError(f"-o {output}: give a .png or .html file (or --html)")

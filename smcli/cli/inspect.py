@@ -33,8 +33,9 @@ def inspect_cmd(
     if json_out:
         typer.echo(json.dumps(info, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from smcli.output import console
 
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold")
@@ -46,4 +47,4 @@ def inspect_cmd(
     table.add_row("producer", json.dumps(meta.producer, indent=1, sort_keys=True))
     if info["blobs"]:
         table.add_row("blobs", ", ".join(f"{k} ({v})" for k, v in info["blobs"].items()))
-    Console().print(table)
+    console(width=None).print(table)

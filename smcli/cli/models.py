@@ -42,12 +42,13 @@ def models_cmd(
     if not rows:
         typer.echo("no pretrained models in this install")
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from smcli.output import console
 
     table = Table()
     for col in rows[0]:
         table.add_column(col, justify="right" if "rsum" in col or col == "size" else "left")
     for r in rows:
         table.add_row(*[f"{v:.1f}" if isinstance(v, float) else str(v) for v in r.values()])
-    Console().print(table)
+    console(width=None).print(table)

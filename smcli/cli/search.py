@@ -6,7 +6,6 @@ or the nearest smcli.toml (see ``smcli.defaults``); ``make demo`` writes one.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import typer
@@ -21,6 +20,24 @@ EXHAUSTIVE_HELP = "Score every candidate with the matcher instead of a shortlist
 DEVICE_HELP = "auto | cpu | cuda"
 PRECISION_HELP = "auto | fp32 | bf16"
 TABLE_HELP = "Print a readable table even when stdout is not a terminal (not with -o)."
+
+
+def _inputs(regions: str | None, captions: str | None, *others: str | None) -> list[str | None]:
+    """The files a command reads, flags or the defaults ($SMCLI_*, smcli.toml) alike: an
+    output must be none of them."""
+    from smcli.defaults import resolve
+
+    return [resolve("regions", regions, required=False), resolve("captions", captions, required=False), *others]
+
+
+def _check_outputs(output: str | None, table: bool, inputs: list[str | None], errors: Path | None = None) -> None:
+    """-o (and --errors) checked before any work: creatable, none of the inputs."""
+    from smcli.output import wants_table
+    from smcli.stage import check_second_output, resolve_output
+
+    target = None if wants_table(output, table) else resolve_output(output, inputs=inputs)
+    if errors is not None:
+        check_second_output(errors, "--errors", output=target.path if target else None, inputs=inputs)
 
 
 def _load(model: str | None, device: str, precision: str):
@@ -60,12 +77,10 @@ def score_cmd(
     from smcli.defaults import resolve
     from smcli.evaluation.recall import check_gates
     from smcli.inference.tasks import load_captions, load_features, read_references, score_pairs
-    from smcli.output import emit, wants_table
+    from smcli.output import emit
     from smcli.report import RunReport, say
-    from smcli.stage import resolve_output
 
-    if not wants_table(output, table):
-        resolve_output(output, inputs=(regions, captions, pairs, references))  # fail before any work
+    _check_outputs(output, table, _inputs(regions, captions, pairs, references), errors)  # before any work
     report = RunReport("score", errors_path=errors, strict=strict)
     matcher = _load(model, device, precision)
     caps_path = resolve("captions", captions, required=pairs is None)
@@ -121,8 +136,7 @@ def retrieve_cmd(
     """
     from smcli.defaults import resolve
     from smcli.errors import UsageError
-    from smcli.output import emit, wants_table
-    from smcli.stage import resolve_output
+    from smcli.output import emit
 
     texts = list(query or [])
     if evaluate:
@@ -138,8 +152,7 @@ def retrieve_cmd(
         raise UsageError("nothing to search: give --query TEXT, --queries FILE or --image ID_OR_PATH")
     if texts and image:
         raise UsageError("give text queries or --image, not both")
-    if not wants_table(output, table):
-        resolve_output(output, inputs=(regions, captions, queries))
+    _check_outputs(output, table, _inputs(regions, captions, queries, *(image or [])))
     matcher = _load(model, device, precision)
     mode = None if exhaustive else shortlist
     from smcli.inference import tasks
@@ -183,12 +196,17 @@ def _evaluate(model, regions, captions, split, shortlist, folds, output, device,
     from smcli.report import say
 
     gates = parse_gates(fail_under, GATE_METRICS)
+    if output:  # before the evaluation: a file that can be written and is no input
+        from smcli.stage import check_not_input, check_output_path
+
+        check_not_input(check_output_path(output), _inputs(regions, captions))
     matcher = _load(model, device, precision)
     result = evaluate(matcher, resolve("regions", regions), resolve("captions", captions), split,
                       shortlist=shortlist, folds=folds)
     m = result.metrics
-    from rich.console import Console
     from rich.table import Table
+
+    from smcli.output import console as make_console
 
     title = (f"{matcher.loaded.config.variant} ({matcher.loaded.config.text_encoder}) on {split}: "
              f"{m.images:,} images, {m.captions:,} captions, {result.mode}"
@@ -202,7 +220,7 @@ def _evaluate(model, regions, captions, split, shortlist, folds, output, device,
     view.add_row("text->image", f"{m.t2i_r1:.1f}", f"{m.t2i_r5:.1f}", f"{m.t2i_r10:.1f}",
                  f"{m.t2i_medr:.0f}", f"{m.t2i_meanr:.1f}")
     view.caption = f"rsum {m.rsum:.1f}; scoring {result.seconds:.1f} s, {result.pairs_scored:,} pairs"
-    console = Console(width=None if sys.stdout.isatty() else 120)
+    console = make_console()
     console.print(title)
     console.print(view)
     record = {**result.to_dict(), "model": matcher.name, "model_hash": matcher.loaded.hash,
@@ -254,12 +272,10 @@ def caption_rank_cmd(
     from smcli.defaults import resolve
     from smcli.inference import tasks
     from smcli.inference.inputs import ImageSet, resolve_images
-    from smcli.output import emit, wants_table
+    from smcli.output import emit
     from smcli.report import RunReport
-    from smcli.stage import resolve_output
 
-    if not wants_table(output, table):
-        resolve_output(output, inputs=(regions, captions, candidates))
+    _check_outputs(output, table, _inputs(regions, captions, candidates, *(image or [])), errors)
     report = RunReport("caption-rank", errors_path=errors, strict=strict)
     matcher = _load(model, device, precision)
     reg_path = resolve("regions", regions, required=not image)

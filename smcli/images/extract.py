@@ -332,18 +332,18 @@ def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractO
     row_group = int(min(8192, max(16, ROW_GROUP_BYTES // row_bytes)))
 
     journal: Journal | None = None
-    if target.path is not None:
-        journal = Journal(target.path)
-        journal.lock()
-        journal.remove_stale_temporaries()  # before our own temporary output exists
-
     done: set[str] = set()
     resumed = 0
     t0 = time.perf_counter()
     try:
+        if target.path is not None:
+            journal = Journal(target.path)
+            journal.lock()
+            journal.remove_stale_temporaries()  # before our own temporary output exists
         writer = StageWriter(target, schema, new_meta("regions", meta_producer), row_group_size=row_group)
-    except BaseException:
-        if journal is not None:
+    except BaseException:  # Ctrl-C or SIGTERM while starting included
+        if journal is not None and journal.locked:
+            journal.remove_stale_temporaries()  # a temporary output whose writer never came to be
             journal.release()
         raise
     try:
@@ -371,9 +371,13 @@ def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractO
             journal.start_segment(schema, meta_producer)
 
         todo = [it for it in items if it.path not in done] if done else list(items)
-        if auto_batch and on_cpu and workers > 1 and len(todo) < workers * opts.batch_size:
-            # a few images: smaller batches, so that every worker (core) gets some
-            opts = dataclasses.replace(opts, batch_size=max(2, math.ceil(len(todo) / workers)))
+        if auto_batch and on_cpu and workers > 1 and len(items) < workers * opts.batch_size:
+            # a few images: smaller batches, so that every worker (core) gets some. Sized on
+            # all the images, not those left: a resumed run then forms the batches the
+            # interrupted one would have (the journal holds whole batches), so its features
+            # are the uninterrupted run's bit for bit (the network's rounding depends on the
+            # number of images in a forward pass).
+            opts = dataclasses.replace(opts, batch_size=max(2, math.ceil(len(items) / workers)))
         counts = _extract_loop(todo, backbone, opts, workers, schema, np_dtype, writer, journal, report)
         writer.close()
     except BaseException as exc:
@@ -526,9 +530,11 @@ def extract_regions(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     Returns the counts of the run (also printed on stderr).
     """
     from smcli.images.sources import list_images
-    from smcli.stage import check_not_input, resolve_output
+    from smcli.stage import check_not_input, check_output_path, check_second_output, resolve_output
 
     target = resolve_output(None if output is None else str(output))
+    if errors is not None:
+        check_output_path(errors, "--errors")  # before the images are listed
     unknown = sorted(set(options) - {f.name for f in dataclasses.fields(ExtractOptions)})
     if unknown:
         raise UsageError(f"unknown extract-regions option(s): {', '.join(unknown)}")
@@ -542,7 +548,7 @@ def extract_regions(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     named = [*inputs, *(it.path for it in listing.items)]
     check_not_input(target.path, named)  # before any work: writing would destroy an input
     if errors is not None:
-        check_not_input(errors, named, "--errors")
+        check_second_output(errors, "--errors", output=target.path, inputs=named)
     counts = run_extract(listing.items, target, opts, report)
     final = {"listed": listing.listed, "duplicates": listing.duplicates}
     if counts["resumed"]:

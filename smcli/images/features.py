@@ -12,6 +12,7 @@ Python loop over rows.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -97,6 +98,23 @@ def _check_finite(name: str, column: str, values: np.ndarray, table: pa.Table) -
                          f"(first: row {bad[0]}, image_id {first!r}); re-extract them")
 
 
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _layout(name: str, meta: dict[str, Any]) -> tuple[int, int, int]:
+    """(grid_h, grid_w, dim) from a regions file's metadata, checked."""
+    for key in ("grid", "dim"):
+        if key not in meta:
+            raise InputError(f"{name}: regions metadata lacks {key!r}")
+    grid, dim = meta["grid"], meta["dim"]
+    if not (isinstance(grid, list) and len(grid) == 2 and all(map(_positive_int, grid)) and _positive_int(dim)
+            and _positive_int(meta.get("global_dim", dim))):
+        raise InputError(f"{name}: regions metadata has a malformed grid, dim or global_dim "
+                         f"({json.dumps(grid)[:40]}, {json.dumps(dim)[:20]}); damaged file?")
+    return grid[0], grid[1], dim
+
+
 def load_regions(source: str | os.PathLike | StageInput, *, regions: bool = True) -> RegionFeatures:
     """Load a regions file (path or an opened stage). ``regions=False`` skips the grids
     (only the global vectors: much less memory)."""
@@ -104,13 +122,16 @@ def load_regions(source: str | os.PathLike | StageInput, *, regions: bool = True
     owned = not isinstance(source, StageInput)
     try:
         meta = dict(stage.meta.producer)
-        for key in ("grid", "dim"):
-            if key not in meta:
-                raise InputError(f"{stage.name}: regions metadata lacks {key!r}")
-        gh, gw = (int(x) for x in meta["grid"])
-        dim = int(meta["dim"])
+        gh, gw, dim = _layout(stage.name, meta)
         cols = ["image_id", "path", "width", "height", "global"] + (["regions"] if regions else [])
         table = stage.read(cols)
+        for col, ok, what in (("image_id", pa.types.is_string, "text"), ("path", pa.types.is_string, "text"),
+                              ("width", pa.types.is_integer, "integers"), ("height", pa.types.is_integer, "integers")):
+            t = table.schema.field(col).type
+            if not ok(t):
+                raise InputError(f"{stage.name}: column {col} is {t}, not {what}")
+            if table.column(col).null_count:
+                raise InputError(f"{stage.name}: column {col} has empty (null) values")
         for col in cols[4:]:  # the feature columns: fixed-size lists of floats
             t = table.schema.field(col).type
             if not (pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type)):
@@ -157,14 +178,18 @@ def feature_signature(meta: dict[str, Any] | Any) -> dict[str, Any]:
     missing = [k for k in SIGNATURE_KEYS[:-1] if k not in meta]
     if missing:
         raise InputError(f"regions metadata lacks {', '.join(missing)}")
+    gh, gw, dim = _layout("regions metadata", meta)
+    if not _positive_int(meta["image_size"]):
+        raise InputError(f"regions metadata: image_size {json.dumps(meta['image_size'])[:20]} is not a "
+                         "positive integer; damaged file?")
     return {
         "backbone": str(meta["backbone"]),
         "weights": str(meta["weights"]),
         "pretrained": bool(meta["pretrained"]),
-        "image_size": int(meta["image_size"]),
-        "grid": [int(meta["grid"][0]), int(meta["grid"][1])],
-        "dim": int(meta["dim"]),
-        "global_dim": int(meta.get("global_dim", meta["dim"])),
+        "image_size": meta["image_size"],
+        "grid": [gh, gw],
+        "dim": dim,
+        "global_dim": meta.get("global_dim", dim),
     }
 
 

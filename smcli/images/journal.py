@@ -31,6 +31,7 @@ class Journal:
         self._writer = None
         self._segment: Path | None = None
         self.appended = 0  # rows written to the journal by this run
+        self.locked = False  # this run holds the journal's lock (and so owns its temporaries)
 
     def lock(self) -> None:
         self.dir.mkdir(exist_ok=True)
@@ -40,7 +41,10 @@ class Journal:
             # workers, which may outlive a killed run by a few seconds), freed when it dies.
             fcntl.lockf(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            self._lock_fh.close()
+            self._lock_fh = None
             raise UsageError(f"{self.out}: another extract-regions run is writing it") from None
+        self.locked = True
 
     def segments(self) -> list[Path]:
         return sorted(self.dir.glob("seg-*.arrows"))
@@ -106,6 +110,7 @@ class Journal:
         if self._lock_fh is not None:
             self._lock_fh.close()
             self._lock_fh = None
+        self.locked = False
 
     def release(self) -> None:
         """Stop writing, keep the finished rows for --resume (nothing kept if there are none)."""
@@ -117,6 +122,7 @@ class Journal:
                 shutil.rmtree(self.dir, ignore_errors=True)
             self._lock_fh.close()
             self._lock_fh = None
+        self.locked = False
 
     def remove_stale_temporaries(self) -> None:
         """Temporary outputs of killed runs (we hold the lock, so no live run owns them)."""

@@ -447,12 +447,12 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
                 if scales[name].shape != sides[name].shape[:-1]:
                     raise ValueError(f"shape {scales[name].shape} for rows of shape {sides[name].shape}")
         what = FAISS_FILE
-        index = faiss.read_index(str(d / FAISS_FILE))
+        index = _read_faiss(d / FAISS_FILE)
         spec = meta.get("index") or {}
         if spec.get("kind") == "ivf":
             ivf = faiss.extract_index_ivf(index)  # faiss saves nprobe too; meta.json is the record
             ivf.nprobe = int(nprobe or spec.get("nprobe") or ivf.nprobe)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, EOFError, MemoryError) as exc:
         # pyarrow, numpy and faiss errors on truncated or missing files (faiss: RuntimeError)
         raise InputError(f"{damaged} ({what}: {first_line(exc, 80)}); rebuild it with smcli index") from None
     n = len(image_ids)
@@ -463,6 +463,21 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
         raise InputError(f"{damaged} ({', '.join(bad) or META_FILE}: image count differs from {IDS_FILE}'s {n}); "
                          "rebuild it with smcli index")
     return SavedGallery(d, meta, image_ids, paths, index, sides, scales)
+
+
+def _read_faiss(path: Path):
+    """faiss.read_index, with no vector in it allowed to be larger than the file: a damaged
+    length field would otherwise make faiss allocate (and zero) up to its default 1 TB limit."""
+    import faiss
+
+    limit = faiss.get_deserialization_vector_byte_limit()
+    # faiss compares a vector's length with limit / (4 * item size); 16 x the file size
+    # lets a vector be at most 4 x the file's bytes whatever its item size.
+    faiss.set_deserialization_vector_byte_limit(min(limit, 16 * max(os.path.getsize(path), 1 << 16)))
+    try:
+        return faiss.read_index(str(path))
+    finally:
+        faiss.set_deserialization_vector_byte_limit(limit)
 
 
 # ---------------------------------------------------------------------------------------

@@ -23,14 +23,18 @@ def read_table_any(path: str, what: str) -> pa.Table:
         if head == b"PAR1":
             import pyarrow.parquet as pq
 
-            return pq.read_table(p)
-        import pyarrow.csv as pcsv
+            table = pq.read_table(p)
+        else:
+            import pyarrow.csv as pcsv
 
-        delimiter = "\t" if p.suffix.lower() == ".tsv" else ","
-        return pcsv.read_csv(p, parse_options=pcsv.ParseOptions(delimiter=delimiter),
-                             convert_options=pcsv.ConvertOptions(strings_can_be_null=False,
-                                                                 column_types=None))
-    except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            delimiter = "\t" if p.suffix.lower() == ".tsv" else ","
+            table = pcsv.read_csv(p, parse_options=pcsv.ParseOptions(delimiter=delimiter),
+                                  convert_options=pcsv.ConvertOptions(strings_can_be_null=False,
+                                                                      column_types=None))
+        table.validate(full=True)  # text that is not UTF-8 (the header's too) fails here, not later
+        table.column_names  # noqa: B018 - decoded lazily: invalid UTF-8 in the header fails here
+        return table
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # damaged Parquet, bad CSV, bad UTF-8
         raise InputError(f"{path}: unreadable {what} file ({first_line(exc)})") from None
 
 

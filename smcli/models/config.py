@@ -89,6 +89,10 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """A saved config; keys this version does not know (``regions``, ``extra`` of older
         models) are ignored, and models saved before ``global_weight`` learned it."""
+        if not isinstance(data, dict):
+            from smcli.errors import InputError
+
+            raise InputError(f"model config is {type(data).__name__}, not a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
         data = {"global_weight": "learned", **data}
         return cls(**{k: v for k, v in data.items() if k in known})

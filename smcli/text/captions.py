@@ -149,13 +149,13 @@ def tokenize_captions(input: str | Path, output: str | Path | None, *, fmt: str 
                       errors: str | Path | None = None, strict: bool = False) -> dict[str, int]:
     """A caption file (``-``: stdin) -> a captions Parquet file at ``output`` (None or
     ``-``: stdout): what ``smcli tokenize`` runs, and ``smcli.tokenize``. Returns the counts."""
-    from smcli.stage import check_not_input, check_output_path, resolve_output
+    from smcli.stage import check_second_output, resolve_output
 
     inputs = (str(input), splits, vocab)
     target = resolve_output(None if output is None else str(output), inputs=inputs)
     for option, path in (("--vocab-out", vocab_out), ("--errors", errors)):
         if path is not None:
-            check_not_input(check_output_path(path, option), inputs, option)
+            check_second_output(path, option, output=target.path, inputs=inputs)
     report = RunReport("tokenize", errors_path=None if errors is None else Path(errors), strict=strict)
     opts = TokenizeOptions(fmt=fmt, splits=splits, vocab=vocab,
                            vocab_out=None if vocab_out is None else str(vocab_out), min_count=min_count,

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from smcli.errors import InputError, UsageError
+from smcli.errors import InputError, UsageError, first_line
 from smcli.report import RunReport
 
 FORMATS = ("auto", "flickr", "coco", "karpathy", "csv", "txt", "parquet")
@@ -149,7 +149,11 @@ def read_karpathy(name: str, data: bytes, report: RunReport) -> Iterator[Caption
             if not isinstance(raw, str):
                 report.reject(name, where, "sentence without a 'raw' text or 'tokens' list")
                 continue
-            yield CaptionRecord(f"{image_id}#{k}", image_id, raw, img.get("split"), where)
+            split = img.get("split")
+            if split is not None and not isinstance(split, str):
+                report.reject(name, f"images[{i}]", "'split' is not a string")
+                break
+            yield CaptionRecord(f"{image_id}#{k}", image_id, raw, split, where)
 
 
 def read_coco(name: str, data: bytes, report: RunReport) -> Iterator[CaptionRecord]:
@@ -158,13 +162,16 @@ def read_coco(name: str, data: bytes, report: RunReport) -> Iterator[CaptionReco
     if not isinstance(doc, dict) or not isinstance(doc.get("annotations"), list):
         raise InputError(f"{name}: COCO json without an 'annotations' list")
     images = doc.get("images", [])
-    files = {img.get("id"): img.get("file_name")
-             for img in (images if isinstance(images, list) else []) if isinstance(img, dict)}
+    files = {img.get("id"): img.get("file_name")  # ids are JSON scalars; a list or object is no id
+             for img in (images if isinstance(images, list) else [])
+             if isinstance(img, dict) and not isinstance(img.get("id"), list | dict)
+             and isinstance(img.get("file_name"), str)}
     for i, ann in enumerate(doc["annotations"]):
         if not isinstance(ann, dict):
             report.reject(name, f"annotations[{i}]", "annotation is not a JSON object")
             continue
-        image_id = files.get(ann.get("image_id"))
+        key = ann.get("image_id")
+        image_id = None if isinstance(key, list | dict) else files.get(key)
         if image_id is None:
             report.reject(name, f"annotations[{i}]",
                           f"image id {ann.get('image_id')!r} not in the images list")
@@ -229,8 +236,8 @@ def read_parquet(name: str, data: bytes, report: RunReport, columns: ColumnNames
 
     try:
         table = pq.read_table(pa.BufferReader(data))
-    except pa.ArrowInvalid as exc:
-        raise InputError(f"{name}: unreadable Parquet ({exc})") from None
+    except (pa.ArrowException, OSError) as exc:  # truncated, damaged pages, bad thrift
+        raise InputError(f"{name}: unreadable Parquet ({first_line(exc, 100)})") from None
     header = table.column_names
 
     def rows() -> Iterator[tuple[str, dict[str, str]]]:

@@ -8,12 +8,25 @@ Written atomically, so a kill -9 at any moment leaves the previous state intact.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+if TYPE_CHECKING:
+    from smcli.models.config import ModelConfig
+    from smcli.training.options import TrainOptions
+
 STATE_FILE = "train_state.safetensors"
+
+# The progress a resumed run reads: key -> (type, required). Counts are non-negative
+# integers, sums finite numbers; anything else is a damaged state, refused in one line.
+PROGRESS_FIELDS: dict[str, tuple[type, bool]] = {
+    "epoch": (int, True), "step": (int, True), "best_epoch": (int, True), "bad_epochs": (int, True),
+    "best_rsum": (float, True), "config": (dict, True), "options": (dict, True),
+    "loss_sum": (float, False), "match_loss_sum": (float, False), "pairs": (int, False),
+}
 
 
 def save_state(directory: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -44,10 +57,7 @@ def load_state(directory: Path, model: torch.nn.Module,
     if not path.is_file():
         return None
     try:
-        progress = _restore(path, model, optimizer)
-        if not isinstance(progress, dict):
-            raise ValueError("progress is not a JSON object")
-        return progress
+        return check_progress(_restore(path, model, optimizer))
     except Exception as exc:  # noqa: BLE001 - any failure here means a damaged or foreign file
         _damaged(path, exc)
 
@@ -78,12 +88,53 @@ def read_progress(directory: Path) -> dict[str, Any] | None:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
-            progress = json.loads(f.metadata()["progress"])
-        if not isinstance(progress, dict):
-            raise ValueError("progress is not a JSON object")
-        return progress
+            return check_progress(json.loads(f.metadata()["progress"]))
     except Exception as exc:  # noqa: BLE001 - any failure here means a damaged or foreign file
         _damaged(path, exc)
+
+
+def check_progress(progress: Any) -> dict[str, Any]:
+    """``progress`` if it holds every key a resumed run reads, with the right types (else
+    ValueError naming the first bad key)."""
+    if not isinstance(progress, dict):
+        raise ValueError("progress is not a JSON object")
+    for key, (kind, required) in PROGRESS_FIELDS.items():
+        if key not in progress:
+            if required:
+                raise ValueError(f"progress lacks {key!r}")
+            continue
+        value = progress[key]
+        if kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        elif kind is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, kind)
+        if not ok:
+            what = {int: "a non-negative integer", float: "a finite number", dict: "an object"}[kind]
+            raise ValueError(f"progress {key!r} is {json.dumps(value)[:40]}, not {what}")
+    return progress
+
+
+def resume_settings(directory: Path) -> tuple[ModelConfig, TrainOptions] | None:
+    """The model config and training options a saved run started with (None: no state);
+    a state whose settings do not check out is damaged, refused in one line."""
+    from dataclasses import fields
+
+    from smcli.errors import SmcliError
+    from smcli.models.config import ModelConfig
+    from smcli.training.options import TrainOptions
+
+    saved = read_progress(directory)
+    if saved is None:
+        return None
+    known = {f.name for f in fields(TrainOptions)}
+    try:
+        cfg = ModelConfig.from_dict(saved["config"])
+        opts = TrainOptions(**{**{k: v for k, v in saved["options"].items() if k in known}, "resume": True})
+    except SmcliError as exc:
+        _damaged(directory / STATE_FILE, exc)
+    return cfg, opts
 
 
 def _damaged(path: Path, exc: BaseException):

@@ -19,7 +19,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ from smcli.models.factory import INCOMPLETE_FILE, ModelInfo, create_model, save_
 from smcli.models.text_inputs import make_text_store
 from smcli.report import say
 from smcli.runtime import autocast, resolve_device, resolve_precision
-from smcli.training.checkpoint import STATE_FILE, load_state, read_progress, save_state
+from smcli.training.checkpoint import STATE_FILE, load_state, resume_settings, save_state
 from smcli.training.fusion import choose_global_weight
 from smcli.training.loss import mine_negatives, ranking_loss_grid, ranking_loss_mined
 from smcli.training.options import TrainOptions
@@ -420,13 +420,11 @@ def train(regions: str, captions: str, out_dir: str | Path, cfg: ModelConfig,
 
     out = Path(out_dir)
     prepare_output(out, opts)
-    saved = read_progress(out) if opts.resume else None
+    saved = resume_settings(out) if opts.resume else None
     if saved is not None:
         # a resumed run continues with the settings it started with
-        cfg = ModelConfig.from_dict(saved["config"])
-        known = {f.name for f in fields(TrainOptions)}
-        opts = TrainOptions(**{**{k: v for k, v in saved["options"].items() if k in known},
-                               "resume": True, "device": opts.device})
+        cfg, saved_opts = saved
+        opts = replace(saved_opts, device=opts.device)
         say("train", f"resuming a {cfg.variant} ({cfg.text_encoder}) run with its saved settings")
     data = load_matching_data(regions, captions, with_regions=cfg.many_to_many)
     return Trainer(data, out, cfg, opts).run()
