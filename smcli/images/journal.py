@@ -40,7 +40,7 @@ class Journal:
             # workers, which may outlive a killed run by a few seconds), freed when it dies.
             fcntl.lockf(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise UsageError(f"{self.out}: another extract-regions run is writing it") from None
+            raise UsageError(f"{self.out}: another run is writing it") from None
 
     def segments(self) -> list[Path]:
         return sorted(self.dir.glob("seg-*.arrows"))
