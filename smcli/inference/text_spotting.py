@@ -25,8 +25,9 @@ insertions), after a length filter; the cost grows with the number of distinct w
 Fusion with the matcher (:func:`fuse`), per query over the images it scores (the
 shortlist, plus every image whose text matches, which are always scored):
 ``fused = matcher + weight * (max matcher - min matcher) * text_score``. With the default
-weight 1 an image whose text matches every term of the query outranks every image whose
-text does not match, whatever the matcher says, and partial matches move up in proportion;
+weight 1 an image whose text matches every term of the query ranks above every image whose
+text does not match, whatever the matcher says (a tie with the best of them goes to the
+text), and partial matches move up in proportion;
 a weight of 0 is the matcher alone. Text spotting alone (:func:`spot_images`) ranks the
 images whose text matches by their text score (ties by the matched words' confidence).
 """
@@ -344,7 +345,9 @@ def search_images_with_text(model, feats, image_text, queries: list[str], top_k:
     from smcli.inference.ranking import check_finite
 
     for q in queries:
-        model.check_query(q)
+        if not query_terms(q):  # nothing to look for in the images' text: the matcher's own checks
+            model.check_query(q)
+    # a word the model never saw (a name on a sign) is still a query: the text score carries it
     texts = model.encode_texts([str(i + 1) for i in range(len(queries))], queries, cache=False)
     gallery = model.encode_image_set(feats)
     index = TextIndex(image_text)
@@ -376,7 +379,8 @@ def search_images_with_text(model, feats, image_text, queries: list[str], top_k:
         check_finite(np.asarray(m)[:, None], "matcher scores")
         t = np.array([matches[q][int(r)].score if int(r) in matches[q] else 0.0 for r in cand])
         fused = fuse(m, t, weight)
-        order = np.lexsort((-np.asarray(m, np.float64), -fused))[:top_k]
+        # ties (a full match lifted exactly to the best non-match) go to the text, then the matcher
+        order = np.lexsort((-np.asarray(m, np.float64), -t, -np.round(fused, 12)))[:top_k]
         picks.append([(int(cand[k]), float(fused[k]), float(m[k]), float(t[k])) for k in order])
     return _ranked_table(queries, picks, gallery.image_ids, gallery.paths, index, matches, rows_of, True)
 
