@@ -20,6 +20,9 @@ choose the fusion weight) and test (to report), it measures:
   captions, two-stage shortlist 100, like `smcli retrieve --eval`): rsum of the matcher
   alone and with the fusion on, at each weight (words read by read-text in the untouched
   photos);
+- real photos: the Flickr8k val and test photos with legible text listed in
+  bench/data/flickr8k_text_photos.csv (found by looking) with the words a person reads
+  there: recall of read-text on them, exact and as the search matches;
 - speed: images/s of extract-regions and of read-text on the synthetic gallery (as the
   commands report them; on this 2-core machine other sessions' load shares the CPU).
 
@@ -240,7 +243,7 @@ def ocr_quality(truth: list[dict], text_file: Path) -> dict:
     for t in truth:
         r = row.get(t["image_id"])
         got = read.get(r, []) if r is not None else []
-        want = [normalize(w) for w in t["words"].split()]
+        want = list(dict.fromkeys(normalize(w) for w in t["words"].split()))
         n_read += len(got)
         true_read += sum(1 for g in got if g in want)
         for w in want:
@@ -303,6 +306,27 @@ def plain_eval(model, feats: Path, caps: Path, split: str, text_file: Path, weig
     return out
 
 
+def real_photos(data: Path, listing: Path, work: Path, side: int = 480) -> dict:
+    """Recall of read-text on real photos with the words a person reads in them."""
+    with open(listing, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "list.txt").write_text("".join(f"{r['image']}\n" for r in rows))
+    text = work / f"text-{side}.parquet"
+    err = smcli("read-text", f"@{work / 'list.txt'}", "--root", data / "images", "-o", text, "--detector-side", side)
+    truth = [{"image_id": r["image"], "words": r["words"]} for r in rows]
+    out = ocr_quality(truth, text)
+    from smcli.images.read_text import load_image_text
+
+    words = load_image_text(text)
+    read = {i: [] for i in words.image_ids}
+    for img, w in zip(words.word_image, words.word_text):
+        read[words.image_ids[img]].append(w)
+    out["per_image"] = {r["image"]: {"person": r["words"], "read": " ".join(read.get(r["image"], []))} for r in rows}
+    out["read_text_line"] = err.strip().splitlines()[-2]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "flickr8k")
@@ -314,6 +338,7 @@ def main() -> None:
     ap.add_argument("--plain-eval", action="store_true", help="also the standard protocol on the real photos")
     ap.add_argument("--weights", type=float, nargs="+", default=list(WEIGHTS))
     ap.add_argument("--model", default="flickr8k")
+    ap.add_argument("--real", type=Path, default=REPO / "bench" / "data" / "flickr8k_text_photos.csv")
     ap.add_argument("--detector-sides", type=int, nargs="*", default=[320, 736],
                     help="on val, also read the gallery with these --detector-side values (recall and speed)")
     args = ap.parse_args()
@@ -326,6 +351,9 @@ def main() -> None:
     model = MatchModel(args.model)
     results: dict = {"machine": f"{cpu_model()}, {__import__('os').cpu_count()} cores", "seed": args.seed,
                      "n_text": args.n_text, "n_plain": args.n_plain, "splits": {}}
+    results["real_photos"] = {str(side): real_photos(args.data, args.real, args.work / "real", side)
+                              for side in [480, *args.detector_sides]}
+    print(json.dumps({"real_photos": results["real_photos"]}, indent=1), flush=True)
     for split in args.splits:
         work = args.work / split
         t0 = time.time()
