@@ -222,3 +222,14 @@ def test_retrieve_cli_shows_the_matches_and_refuses_bad_inputs(spotting_file, ex
                                     "--image-text-only")[::2], "--eval needs the model")
     assert_one_line_error(*run_main("retrieve", "--query", "london", "--image-text", tmp_path / "missing.parquet",
                                     "--image-text-only", "--table")[::2], "missing.parquet")
+
+
+def test_text_spotting_alone_loads_no_model_and_no_torch(spotting_file):
+    from conftest import HEAVY_MODULES, imported_modules, run_smcli
+
+    rc, out, err = run_smcli("retrieve", "--query", "london", "--image-text", spotting_file, "--image-text-only",
+                             "-o", "-", python_flags=("-X", "importtime"))
+    assert rc == 0, err
+    heavy = sorted(m for m in imported_modules(err) if m.split(".")[0] in HEAVY_MODULES)
+    assert heavy == []
+    assert pq.read_table(__import__("pyarrow").BufferReader(out)).column("id").to_pylist()[0] == "exact.jpg"
