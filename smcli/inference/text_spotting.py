@@ -23,7 +23,8 @@ one row of the dynamic programme per character of the term (a running minimum do
 insertions), after a length filter; the cost grows with the number of distinct words.
 
 Fusion with the matcher (:func:`fuse`), per query over the images it scores (the
-shortlist, plus every image whose text matches, which are always scored):
+shortlist, plus the images whose text matches, which are always scored: in a two-stage
+search the best ``TEXT_CANDIDATES`` times the shortlist of them by text score):
 ``fused = matcher + weight * (max matcher - min matcher) * text_score``. With the default
 weight 1 an image whose text matches every term of the query ranks above every image whose
 text does not match, whatever the matcher says (a tie with the best of them goes to the
@@ -45,6 +46,7 @@ MATCH_THRESHOLD = 0.75
 SUBSTRING_DISCOUNT = 0.9
 MIN_SUBSTRING_TERM = 4
 DEFAULT_TEXT_WEIGHT = 1.0
+TEXT_CANDIDATES = 10  # a two-stage search scores at most this many times its shortlist of text matches
 STOPWORDS = frozenset(
     "a an the of in on at and or with is are was to for by from as its it this that his her their "
     "into onto over under near".split())
@@ -295,8 +297,7 @@ def align_rows(index: TextIndex, image_ids: list[str]) -> np.ndarray:
 
 def _ranked_table(queries: list[str], picks: list[list[tuple[int, float, float, float]]],
                   ids: list[str], paths: list[str], index: TextIndex,
-                  matches: list[dict[int, ImageMatch]], text_rows: np.ndarray | None,
-                  with_matcher: bool) -> pa.Table:
+                  matches: list[dict[int, ImageMatch]], with_matcher: bool) -> pa.Table:
     """Rows: query, rank, id, score, path, [matcher_score], text_score, matched, text_matches."""
     cols: dict[str, list] = {k: [] for k in ("query", "rank", "id", "score", "path", "matcher_score",
                                              "text_score", "matched", "text_matches")}
@@ -333,7 +334,7 @@ def spot_images(image_text, queries: list[str], top_k: int) -> pa.Table:
     for got in matches:
         order = sorted(got, key=lambda r: (-got[r].score, -index.confidence(got[r]), r))[:top_k]
         picks.append([(r, got[r].score, float("nan"), got[r].score) for r in order])
-    return _ranked_table(queries, picks, image_text.image_ids, image_text.paths, index, matches, None, False)
+    return _ranked_table(queries, picks, image_text.image_ids, image_text.paths, index, matches, False)
 
 
 def search_images_with_text(model, feats, image_text, queries: list[str], top_k: int,
@@ -366,8 +367,11 @@ def search_images_with_text(model, feats, image_text, queries: list[str], top_k:
         cands = [np.arange(n) for _ in queries]
         scored = [full[q] for q in range(len(queries))]
     else:
-        _, short = search(build_faiss(g_emb), q_emb, max(shortlist, top_k))
-        cands = [np.union1d(row[row >= 0], np.fromiter(got, np.int64, len(got)))
+        k = max(shortlist, top_k)
+        _, short = search(build_faiss(g_emb), q_emb, k)
+        # the images whose text matches join the shortlist (the best TEXT_CANDIDATES x k of them)
+        cands = [np.union1d(row[row >= 0], np.array(sorted(got, key=lambda r: -got[r].score)[:TEXT_CANDIDATES * k],
+                                                    np.int64))
                  for row, got in zip(short, matches)]
         qq = np.concatenate([np.full(len(c), q) for q, c in enumerate(cands)])
         cc = np.concatenate(cands)
@@ -382,7 +386,7 @@ def search_images_with_text(model, feats, image_text, queries: list[str], top_k:
         # ties (a full match lifted exactly to the best non-match) go to the text, then the matcher
         order = np.lexsort((-np.asarray(m, np.float64), -t, -np.round(fused, 12)))[:top_k]
         picks.append([(int(cand[k]), float(fused[k]), float(m[k]), float(t[k])) for k in order])
-    return _ranked_table(queries, picks, gallery.image_ids, gallery.paths, index, matches, rows_of, True)
+    return _ranked_table(queries, picks, gallery.image_ids, gallery.paths, index, matches, True)
 
 
 # ---------------------------------------------------------------------------------------
