@@ -220,6 +220,9 @@ def test_retrieve_cli_shows_the_matches_and_refuses_bad_inputs(spotting_file, ex
                                     spotting_file)[::2], "--image-text goes with text queries")
     assert_one_line_error(*run_main("retrieve", "--eval", "--image-text", spotting_file,
                                     "--image-text-only")[::2], "--eval needs the model")
+    rc, _, err = run_main("retrieve", "--model", "flickr8k", "--regions", feats, "--query", "london",
+                          "--image-text", spotting_file, "--table")
+    assert_one_line_error(rc, err, "none of its 8 images is in", "image_id")
     assert_one_line_error(*run_main("retrieve", "--query", "london", "--image-text", tmp_path / "missing.parquet",
                                     "--image-text-only", "--table")[::2], "missing.parquet")
 

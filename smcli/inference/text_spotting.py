@@ -353,6 +353,17 @@ def search_images_with_text(model, feats, image_text, queries: list[str], top_k:
     gallery = model.encode_image_set(feats)
     index = TextIndex(image_text)
     rows_of = align_rows(index, gallery.image_ids)
+    joined = int((rows_of >= 0).sum())
+    if joined == 0:
+        from smcli.errors import InputError
+
+        raise InputError(f"{image_text.name}: none of its {len(image_text):,} images is in {feats.name} "
+                         "(they join on image_id: read-text and extract-regions over the same inputs)")
+    if joined < len(gallery.image_ids):
+        from smcli.report import warn
+
+        warn("retrieve", f"{image_text.name} has the words of {joined:,} of the {len(gallery.image_ids):,} "
+                         "images searched; the others count as showing no text")
     matches = text_scores(index, queries, rows_of)
     q_emb = texts.side.emb.float().cpu().numpy()
     g_emb = gallery.side.emb.float().cpu().numpy()
