@@ -168,3 +168,42 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     assert not journal.exists()
     words = {r["image_id"]: r["text"] for r in pq.read_table(out).to_pylist()}
     assert words["img00.png"] == "HOTEL" and words["img01.png"] == ""
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if text in (proc / "cmdline").read_bytes().decode("utf-8", "replace"):
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_stopped_run_leaves_no_worker_behind(tmp_path, how):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for k in range(16):
+        text_image(d / f"img{k:02d}.png", (160, 90), [("STOP", (10, 20), 28)])
+    out = tmp_path / f"stopped-{how}.parquet"
+    proc = subprocess.Popen([sys.executable, "-m", "smcli", "read-text", str(d), "--workers", "2", "--batch-size", "1",
+                             "-o", str(out)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    journal = tmp_path / f".{out.name}.resume"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and _journal_rows(journal) < 2:
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(getattr(signal, how))
+    rc = proc.wait(timeout=60)
+    err = proc.stderr.read().decode()
+    if how == "SIGTERM":
+        assert rc == 143 and "smcli: terminated" in err and "--resume" in err, err
+    deadline = time.time() + 10  # workers notice a killed parent within a second
+    while time.time() < deadline and _processes_naming(str(out)):
+        time.sleep(0.2)
+    assert _processes_naming(str(out)) == [], "worker processes outlived the run"
+    assert not out.exists() and _journal_rows(journal) >= 2

@@ -146,11 +146,14 @@ _reader_error: str | None = None
 
 
 def _start_worker(detector_side: int, min_confidence: float, parent: int) -> None:
-    """Pool initializer: ignore Ctrl-C (the parent handles it), die with the parent, load the
-    engine once. A failure is kept and reported by every task, never raised here (a raising
-    initializer makes the pool respawn workers forever)."""
+    """Pool initializer: ignore Ctrl-C (the parent handles it), die at once on SIGTERM (the
+    pool's terminate; not the CLI's handler inherited through fork, which would raise in
+    the middle of the pool's own locks and hang), die with the parent, load the engine once.
+    A failure is kept and reported by every task, never raised here (a raising initializer
+    makes the pool respawn workers forever)."""
     global _reader, _reader_error
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -232,10 +235,12 @@ def _results(todo: Sequence[ImageItem], opts: ReadTextOptions, workers: int):
             if nxt is not None:
                 window.append(pool.apply_async(_read_batch, (nxt, *args)))
             yield got
-        pool.close()
-    finally:
+        pool.close()  # every batch is done: the workers exit on their own
+        pool.join()
+    except BaseException:
         pool.terminate()
         pool.join()
+        raise
 
 
 def _lines_text(words: list[dict[str, Any]]) -> str:
