@@ -34,7 +34,7 @@ class EvalResult:
 
 def evaluate(model, regions: str, captions: str, split: str = "test", *,
              shortlist: int | None = 100, folds: int = 1, progress=None,
-             image_text=None, text_weight: float = 1.0) -> EvalResult:
+             image_text=None, text_weight: float = 2.0) -> EvalResult:
     """R@1/5/10 both ways on ``split``; ``shortlist=None`` scores every pair.
 
     ``image_text`` (an :class:`~smcli.images.read_text.ImageText`, the words read in the
