@@ -81,3 +81,45 @@ class RunReport:
         self.write_errors()
         parts = [f"{name.replace('_', ' ')} {value:,}" for name, value in counts.items()]
         say(self.command, ", ".join(parts))
+
+
+class Progress:
+    """A progress bar on stderr (images done, rate, ETA) for a stage over ``total`` items;
+    does nothing unless ``enabled``."""
+
+    def __init__(self, label: str, total: int, enabled: bool):
+        self.enabled = enabled
+        self._bar = None
+        if enabled and total:
+            import time
+
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as Bar
+
+            self._clock = time.perf_counter
+            self._bar = Bar(
+                TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+            )
+            self._task = self._bar.add_task(label, total=total, rate="")
+            self._bar.start()
+            self._t0 = self._clock()
+            self._done = 0
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._done += n
+            rate = self._done / max(1e-9, self._clock() - self._t0)
+            self._bar.update(self._task, advance=n, rate=f"{rate:.1f} img/s")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()

@@ -35,6 +35,7 @@ PARQUET_MAGIC = b"PAR1"
 SCHEMAS: dict[str, tuple[int, tuple[str, ...]]] = {
     "captions": (1, ("caption_id", "image_id", "caption", "tokens", "token_ids", "split")),
     "regions": (1, ("image_id", "path", "width", "height", "regions", "global")),
+    "image-text": (1, ("image_id", "path", "width", "height", "text", "words")),
     "errors": (1, ("source", "location", "reason")),
     "scores": (1, ("image_id", "caption_id", "score")),
     "retrieval": (1, ("query", "rank", "id", "score")),

@@ -31,7 +31,8 @@ from smcli import __version__
 FLICKR = DATA / "flickr_tokens.txt"
 SPLITS = DATA / "splits.csv"
 COUNTS = re.compile(r"^smcli tokenize: read [\d,]+, written [\d,]+, rejected [\d,]+$")
-COMMANDS = ("extract-regions", "tokenize", "train", "score", "retrieve", "caption-rank", "inspect", "serve")
+COMMANDS = ("extract-regions", "read-text", "tokenize", "train", "score", "retrieve", "caption-rank", "inspect",
+            "serve")
 
 
 def parquet(data: bytes) -> pa.Table:

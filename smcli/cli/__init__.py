@@ -14,6 +14,7 @@ from smcli.cli.app import StdoutClosed, app
 
 # Registration order is the order of ``smcli --help``.
 from smcli.cli import extract as _extract  # noqa: E402,F401
+from smcli.cli import read_text as _read_text  # noqa: E402,F401
 from smcli.cli import tokenize as _tokenize  # noqa: E402,F401
 from smcli.cli import train as _train  # noqa: E402,F401
 from smcli.cli import search as _search  # noqa: E402,F401

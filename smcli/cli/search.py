@@ -126,24 +126,44 @@ def retrieve_cmd(
                                    "e.g. rsum=300 or t2i_r1=20 (repeatable)."),
     output: str | None = typer.Option(None, "-o", "--output", help=OUTPUT_HELP + " With --eval: .json or .parquet."),
     table: bool = typer.Option(False, "--table", help=TABLE_HELP),
+    image_text: str | None = typer.Option(
+        None, "--image-text",
+        help="Words read in the images (smcli read-text): images whose text matches the query's words "
+             "(case-insensitive, tolerant of OCR errors) rank first, fused with the matcher's score; "
+             "the results show the words matched and where. With --eval: fused text->image scores."),
+    image_text_weight: float = typer.Option(
+        2.0, "--image-text-weight", min=0.0,
+        help="Fusion weight: score = matcher + W x (matcher's max - min over the candidates) x text score "
+             "(0 to 1). From 1 a full text match ranks above every image without one; 0: the matcher alone. "
+             "Default 2, chosen on val."),
+    image_text_only: bool = typer.Option(
+        False, "--image-text-only",
+        help="Text spotting alone: rank the images whose text matches the query by that (no model, no --regions)."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
 ) -> None:
     """Search images with text (--query) or texts with an image (--image); or --eval.
 
     Examples: smcli retrieve --query "a dog on grass";
-    smcli retrieve --image photo.jpg; smcli retrieve --eval --split test --exhaustive
+    smcli retrieve --image photo.jpg; smcli retrieve --eval --split test --exhaustive;
+    smcli retrieve --query "london" --image-text text.parquet
     """
     from smcli.defaults import resolve
     from smcli.errors import UsageError
     from smcli.output import emit
 
     texts = list(query or [])
+    if image_text_only and not image_text:
+        raise UsageError("--image-text-only needs --image-text FILE (from smcli read-text)")
+    if image_text and image:
+        raise UsageError("--image-text goes with text queries (--query, --queries) or --eval, not --image")
     if evaluate:
         if texts or queries or image:
             raise UsageError("--eval evaluates a split; it takes no --query, --queries or --image")
+        if image_text_only:
+            raise UsageError("--image-text-only ranks by the words read alone; --eval needs the model")
         return _evaluate(model, regions, captions, split, None if exhaustive else shortlist, folds,
-                         output, device, precision, fail_under or [])
+                         output, device, precision, fail_under or [], image_text, image_text_weight)
     if fail_under:
         raise UsageError("--fail-under goes with --eval")
     if queries:
@@ -152,7 +172,11 @@ def retrieve_cmd(
         raise UsageError("nothing to search: give --query TEXT, --queries FILE or --image ID_OR_PATH")
     if texts and image:
         raise UsageError("give text queries or --image, not both")
-    _check_outputs(output, table, _inputs(regions, captions, queries, *(image or [])))
+    _check_outputs(output, table, _inputs(regions, captions, queries, image_text, *(image or [])))
+    if image_text:
+        return _search_with_image_text(texts, image_text, image_text_weight, image_text_only, model, regions,
+                                       index, top_k, None if exhaustive else shortlist, output, table,
+                                       device, precision)
     matcher = _load(model, device, precision)
     mode = None if exhaustive else shortlist
     from smcli.inference import tasks
@@ -178,6 +202,34 @@ def retrieve_cmd(
          show=show, group="query", force_table=table)
 
 
+def _search_with_image_text(texts, image_text, weight, only, model, regions, index, top_k, mode, output, table,
+                            device, precision) -> None:
+    """retrieve --image-text: the matcher fused with the words read in the images, or those alone."""
+    from smcli.defaults import resolve
+    from smcli.errors import UsageError
+    from smcli.images.read_text import load_image_text
+    from smcli.inference import text_spotting
+    from smcli.output import emit
+
+    words = load_image_text(image_text)
+    show = ["query", "rank", "score", "text_score", "matched", "path"]
+    if only:
+        result = text_spotting.spot_images(words, texts, top_k)
+        emit(result, "retrieval", {"command": "retrieve --image-text-only", "image_text": words.meta}, output,
+             show=show, group="query", force_table=table)
+        return
+    if index:
+        raise UsageError("--image-text needs --regions (the gallery's features), not --index")
+    from smcli.inference import tasks
+
+    matcher = _load(model, device, precision)
+    feats = tasks.load_features(matcher, resolve("regions", regions))
+    result = text_spotting.search_images_with_text(matcher, feats, words, texts, top_k, mode, weight)
+    emit(result, "retrieval", {"command": "retrieve", "shortlist": mode, "image_text_weight": weight,
+                               "image_text": words.meta, **matcher.producer()}, output,
+         show=show, group="query", force_table=table)
+
+
 def _read_queries(path: str) -> list[str]:
     from smcli.report import RunReport
     from smcli.text.readers import read_captions
@@ -187,7 +239,8 @@ def _read_queries(path: str) -> list[str]:
     return [r.caption for r in records if r.caption.strip()]
 
 
-def _evaluate(model, regions, captions, split, shortlist, folds, output, device, precision, fail_under) -> None:
+def _evaluate(model, regions, captions, split, shortlist, folds, output, device, precision, fail_under,
+              image_text=None, image_text_weight=2.0) -> None:
     import json
 
     from smcli.defaults import resolve
@@ -199,10 +252,15 @@ def _evaluate(model, regions, captions, split, shortlist, folds, output, device,
     if output:  # before the evaluation: a file that can be written and is no input
         from smcli.stage import check_not_input, check_output_path
 
-        check_not_input(check_output_path(output), _inputs(regions, captions))
+        check_not_input(check_output_path(output), _inputs(regions, captions, image_text))
     matcher = _load(model, device, precision)
+    words = None
+    if image_text:
+        from smcli.images.read_text import load_image_text
+
+        words = load_image_text(image_text)
     result = evaluate(matcher, resolve("regions", regions), resolve("captions", captions), split,
-                      shortlist=shortlist, folds=folds)
+                      shortlist=shortlist, folds=folds, image_text=words, text_weight=image_text_weight)
     m = result.metrics
     from rich.table import Table
 
@@ -211,7 +269,8 @@ def _evaluate(model, regions, captions, split, shortlist, folds, output, device,
     title = (f"{matcher.loaded.config.variant} ({matcher.loaded.config.text_encoder}) on {split}: "
              f"{m.images:,} images, {m.captions:,} captions, {result.mode}"
              + (f" (shortlist {result.shortlist})" if result.mode == "two-stage" else "")
-             + (f", {folds} folds" if folds > 1 else ""))
+             + (f", {folds} folds" if folds > 1 else "")
+             + (f", text->image fused with {image_text} (weight {image_text_weight:g})" if image_text else ""))
     view = Table()
     for c in ("direction", "R@1", "R@5", "R@10", "med r", "mean r"):
         view.add_column(c, justify="right")

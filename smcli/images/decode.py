@@ -103,6 +103,43 @@ def _to_rgb(im):
 def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int, int]:
     """Decode ``path`` to a (size, size, 3) uint8 RGB array; returns (array, width, height)
     with the original (EXIF-oriented) size. Raises :class:`ImageError` with a reason."""
+    from PIL import Image
+
+    def square(rgb, fmt: str):
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.BICUBIC)
+        arr = np.asarray(rgb, dtype=np.uint8)
+        if arr.shape != (size, size, 3):
+            raise ImageError(f"{fmt} decoded to an unexpected shape {arr.shape}")
+        return arr
+
+    return _decode(path, max_pixels, (size, size), square)
+
+
+def load_image_native(path: str, max_side: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int, int]:
+    """Decode ``path`` at its own aspect ratio: an (h, w, 3) uint8 RGB array whose longer
+    side is at most ``max_side`` (larger images are scaled down, smaller ones kept as they
+    are); returns (array, width, height) with the original (EXIF-oriented) size, so that
+    coordinates in the array scale back by width / array width. Same checks and reasons
+    as :func:`load_image` (what reading text in an image needs: no squashing to a square)."""
+    from PIL import Image
+
+    def fit(rgb, fmt: str):
+        w, h = rgb.size
+        scale = max_side / max(w, h)
+        if scale < 1:
+            rgb = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+        arr = np.asarray(rgb, dtype=np.uint8)
+        if arr.ndim != 3 or arr.shape[2] != 3:
+            raise ImageError(f"{fmt} decoded to an unexpected shape {arr.shape}")
+        return arr
+
+    return _decode(path, max_pixels, (max_side, max_side), fit)
+
+
+def _decode(path: str, max_pixels: int, draft: tuple[int, int], finish) -> tuple[np.ndarray, int, int]:
+    """The checks and decoding both loaders share; ``finish(rgb_image, format)`` makes the
+    array from the oriented RGB image. ``draft``: the size a JPEG may be decoded down to."""
     from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
     ImageFile.LOAD_TRUNCATED_IMAGES = False
@@ -156,7 +193,7 @@ def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
                 w, h = h, w
             try:
                 if fmt == "JPEG":
-                    im.draft(None, (size, size))
+                    im.draft(None, draft)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     im.load()
@@ -165,16 +202,13 @@ def load_image(path: str, size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> tu
                             im = ImageOps.exif_transpose(im)
                         except Exception:  # noqa: BLE001
                             pass
-                    rgb = _to_rgb(im)
-                    if rgb.size != (size, size):
-                        rgb = rgb.resize((size, size), Image.BICUBIC)
-                    arr = np.asarray(rgb, dtype=np.uint8)
+                    arr = finish(_to_rgb(im), fmt)
             except Image.DecompressionBombError as exc:
                 raise ImageError(f"decompression bomb refused: {first_line(exc, 200)}") from None
+            except ImageError:
+                raise
             except MemoryError:
                 raise ImageError(f"{fmt} {w}x{h}: out of memory while decoding") from None
             except Exception as exc:  # noqa: BLE001 - truncated/corrupt data, unsupported modes
                 raise ImageError(f"corrupt or truncated {fmt} data: {first_line(exc, 200)}") from None
-    if arr.shape != (size, size, 3):
-        raise ImageError(f"{fmt} decoded to an unexpected shape {arr.shape}")
     return arr, int(w), int(h)

@@ -43,7 +43,7 @@ from smcli.images.decode import DEFAULT_MAX_PIXELS, ImageError, load_image
 from smcli.images.features import DTYPES, regions_schema
 from smcli.images.journal import Journal
 from smcli.images.sources import ImageItem
-from smcli.report import RunReport, say, warn
+from smcli.report import Progress, RunReport, say, warn
 from smcli.runtime import cpu_cores, one_thread, set_threads, tune_malloc
 from smcli.stage import OutputTarget, StageWriter, new_meta
 
@@ -255,46 +255,6 @@ def _rows(items: Sequence[ImageItem], positions: list[int], sizes, regions: np.n
 
 
 # ---------------------------------------------------------------------------------------
-# Resume journal
-
-
-class _Progress:
-    def __init__(self, total: int, enabled: bool):
-        self.enabled = enabled
-        self._bar = None
-        if enabled and total:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._bar = Progress(
-                TextColumn("extract-regions"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), console=Console(stderr=True), transient=False,
-            )
-            self._task = self._bar.add_task("extract", total=total, rate="")
-            self._bar.start()
-            self._t0 = time.perf_counter()
-            self._done = 0
-
-    def advance(self, n: int) -> None:
-        if self._bar is not None:
-            self._done += n
-            rate = self._done / max(1e-9, time.perf_counter() - self._t0)
-            self._bar.update(self._task, advance=n, rate=f"{rate:.1f} img/s")
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.stop()
-
-
-# ---------------------------------------------------------------------------------------
 # The run
 
 
@@ -411,7 +371,7 @@ def _extract_loop(todo: Sequence[ImageItem], backbone: Backbone, opts: ExtractOp
     network = None
     if workers and backbone.device.type == "cpu":
         network = _CollateAndRun(backbone, np_dtype, worker_chunk(backbone.image_size))
-    progress = _Progress(len(paths), sys.stderr.isatty() if opts.progress is None else opts.progress)
+    progress = Progress(COMMAND, len(paths), sys.stderr.isatty() if opts.progress is None else opts.progress)
     processed = failed = 0
     try:
         for dec in _batches(paths, opts, workers, pin=backbone.device.type == "cuda", network=network):

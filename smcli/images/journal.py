@@ -43,7 +43,7 @@ class Journal:
         except OSError:
             self._lock_fh.close()
             self._lock_fh = None
-            raise UsageError(f"{self.out}: another extract-regions run is writing it") from None
+            raise UsageError(f"{self.out}: another run is writing it") from None
         self.locked = True
 
     def segments(self) -> list[Path]:
