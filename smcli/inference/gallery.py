@@ -412,6 +412,19 @@ def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str],
         raise
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """A memory-mapped .npy; a damaged header is a ValueError (numpy's parser of the header's
+    dict can also raise SyntaxError or tokenize.TokenError on damaged bytes)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"no such file: {path.name}")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser: SyntaxError, TokenError, ...
+        raise ValueError(f"damaged .npy header ({type(exc).__name__})") from None
+
+
 def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGallery:
     """Open an index directory (faiss index in memory, per-image tensors memory-mapped).
     ``nprobe`` overrides the IVF lists visited per query recorded at build time."""
@@ -440,10 +453,10 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
         sides, scales = {}, {}
         for name in meta.get("sides", []):
             what = f"{name}.npy"
-            sides[name] = np.load(d / what, mmap_mode="r", allow_pickle=False)
+            sides[name] = _load_npy(d / what)
             if codec == "int8" and sides[name].dtype == np.int8:
                 what = f"{name}{SCALE_SUFFIX}.npy"
-                scales[name] = np.load(d / what, mmap_mode="r", allow_pickle=False)
+                scales[name] = _load_npy(d / what)
                 if scales[name].shape != sides[name].shape[:-1]:
                     raise ValueError(f"shape {scales[name].shape} for rows of shape {sides[name].shape}")
         what = FAISS_FILE
