@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             gallery = work / "gallery"
             print(f"# building a synthetic gallery of {args.images:,} images ...", file=sys.stderr, flush=True)
             child_build(argparse.Namespace(model=args.model, n=args.images, gallery=str(gallery), chunk=4096,
-                                           seed=args.seed, kind="auto", nprobe=32, threads=args.threads,
+                                           seed=args.seed, kind="auto", nprobe=32, codec="int8", threads=args.threads,
                                            precision="auto"))
         texts = queries(args.queries + 1, args.seed)
         session = MatchModel(args.model)

@@ -53,8 +53,8 @@ def main() -> int:
                          ".filter(i => i.complete && i.naturalWidth > 0).length >= 10")
         grid = Image.open(io.BytesIO(browser.screenshot())).convert("RGB")
         browser.find("#results .card").click()
-        browser.wait_for("return [...document.querySelectorAll('#explain .stack img')]"
-                         ".filter(i => i.complete && i.naturalWidth > 0).length >= 2")
+        browser.wait_for("const imgs = [...document.querySelectorAll('#explain .stack img')];"
+                         "return imgs.length >= 2 && imgs.every(i => i.complete && i.naturalWidth > 0)")
         explain = Image.open(io.BytesIO(browser.screenshot())).convert("RGB")
     width = 640
     parts = [p.resize((width, round(p.height * width / p.width)), Image.Resampling.LANCZOS) for p in (grid, explain)]
