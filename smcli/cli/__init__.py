@@ -32,9 +32,21 @@ class Terminated(KeyboardInterrupt):
 _signalled: list[int] = []  # SIGTERM seen (typer may turn the exception into a plain Exit(130))
 
 
+def _quiet_unraisable(unraisable) -> None:
+    """After a signal: objects the signal caught half-built (a DataLoader iterator in its
+    __init__) may fail in __del__ while the stack unwinds; Python's "Exception ignored"
+    report of that is not for the user, who gets the one interrupted/terminated line."""
+
+
 def _on_sigterm(signum, frame) -> None:
     _signalled.append(signum)
+    sys.unraisablehook = _quiet_unraisable
     raise Terminated()
+
+
+def _on_sigint(signum, frame) -> None:
+    sys.unraisablehook = _quiet_unraisable
+    raise KeyboardInterrupt()
 
 
 def main() -> None:
@@ -43,14 +55,18 @@ def main() -> None:
 
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    except ValueError:  # not the main thread: leave the signal alone
-        previous = None
+        previous_int = (signal.signal(signal.SIGINT, _on_sigint)
+                        if signal.getsignal(signal.SIGINT) is signal.default_int_handler else None)
+    except ValueError:  # not the main thread: leave the signals alone
+        previous = previous_int = None
     _signalled.clear()
     try:
         _main()
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def _main() -> None:
