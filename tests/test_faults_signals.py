@@ -225,6 +225,35 @@ def test_extract_interrupted_by_a_signal(tmp_path, sig, point):
     assert pq.read_metadata(out).num_rows == 24 and not journal.exists() and not temporaries(tmp_path)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_that_lands_in_a_finaliser_is_not_lost(sig):
+    """A signal arriving while a __del__ runs raises there, where Python drops exceptions:
+    smcli sends it again so that the program still stops (CI once saw extract-regions run
+    to the end after a SIGTERM at start-up)."""
+    code = f"""
+import os, signal, sys, time
+sys.argv = ["smcli", "models"]
+import smcli.cli as cli
+class Finaliser:
+    def __del__(self):
+        os.kill(os.getpid(), {int(sig)})
+        time.sleep(0.5)
+def run():
+    Finaliser()
+    for _ in range(200):
+        time.sleep(0.005)
+    print("the run went on")
+cli.app = lambda standalone_mode: run()
+cli.main()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(None), capture_output=True,
+                          text=True, timeout=60)
+    code, line = (EXIT_INTERRUPTED, "smcli: interrupted") if sig == signal.SIGINT else \
+        (EXIT_TERMINATED, "smcli: terminated")
+    assert "the run went on" not in proc.stdout
+    assert proc.returncode == code and proc.stderr.strip() == line, proc.stderr
+
+
 # ---------------------------------------------------------------------------------------
 # Broken pipes: every command that writes to stdout
 

@@ -35,7 +35,31 @@ _signalled: list[int] = []  # SIGTERM seen (typer may turn the exception into a 
 def _quiet_unraisable(unraisable) -> None:
     """After a signal: objects the signal caught half-built (a DataLoader iterator in its
     __init__) may fail in __del__ while the stack unwinds; Python's "Exception ignored"
-    report of that is not for the user, who gets the one interrupted/terminated line."""
+    report of that is not for the user, who gets the one interrupted/terminated line.
+
+    The signal's own exception can land there too: when the signal arrives while a __del__
+    or a weakref callback runs, the handler raises inside it and Python drops the exception,
+    so the run would go on as if never signalled. Then the signal is sent again, to be
+    raised in the main program once the finaliser has returned."""
+    import _thread
+    import signal
+
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        # From another thread, a moment later, so that the handler runs in the main program
+        # after this hook and the finaliser have returned (raised here, it would be dropped
+        # the same way). Each drop sends it once more.
+        sig = signal.SIGTERM if isinstance(unraisable.exc_value, Terminated) else signal.SIGINT
+        try:
+            _thread.start_new_thread(_send_later, (sig,))
+        except RuntimeError:  # the interpreter is shutting down: the run is ending anyway
+            pass
+
+
+def _send_later(sig: int) -> None:
+    import time
+
+    time.sleep(0.005)
+    os.kill(os.getpid(), sig)
 
 
 def _on_sigterm(signum, frame) -> None:
