@@ -41,7 +41,10 @@ SCHEMAS: dict[str, tuple[int, tuple[str, ...]]] = {
     "retrieval": (1, ("query", "rank", "id", "score")),
     "caption-ranks": (1, ("image_id", "caption_id", "rank", "score")),
     "metrics": (1, ("split", "direction", "metric", "value")),
+    "inputs": (1, ("path", "image_id")),  # the frozen input list of a sharded run
+    "pairs": (1, ("image_id", "input_row")),  # pairs partitioned by the feature part of their image
 }
+MANIFEST_NAME = "_manifest.json"  # a finalized directory of parts (smcli.distributed.manifest)
 
 
 @dataclass
@@ -115,8 +118,26 @@ class StageInput:
         return self.parquet.metadata.num_rows
 
     @property
+    def schema(self) -> pa.Schema:
+        return self.parquet.schema_arrow
+
+    @property
     def columns(self) -> list[str]:
-        return self.parquet.schema_arrow.names
+        return self.schema.names
+
+    def read_where(self, columns: Iterable[str], key: str, values: Iterable[str]) -> pa.Table:
+        """The rows whose ``key`` is one of ``values``, streamed: only they stay in memory."""
+        import pyarrow.compute as pc
+
+        wanted = pa.array(sorted(set(values)), pa.string())
+        cols = list(columns)
+        read = cols if key in cols else [*cols, key]
+        kept = [b.filter(pc.is_in(b.column(key), value_set=wanted)) for b in self.iter_batches(1024, read)]
+        table = pa.Table.from_batches(kept, schema=self._read_schema(read)) if kept else self.read(read).slice(0, 0)
+        return table.select(cols)
+
+    def _read_schema(self, columns: list[str]) -> pa.Schema:
+        return pa.schema([self.schema.field(c) for c in columns])
 
     def read(self, columns: Iterable[str] | None = None) -> pa.Table:
         try:
@@ -157,8 +178,6 @@ def _open_parquet(path: str | os.PathLike) -> tuple[pq.ParquetFile, IO[bytes] | 
         p = Path(path)
         if not p.exists():
             raise InputError(f"{name}: no such file")
-        if p.is_dir():
-            raise InputError(f"{name}: is a directory, expected a Parquet file")
         with open(p, "rb") as fh:
             head = fh.read(4)
         source = str(p)
@@ -172,7 +191,10 @@ def _open_parquet(path: str | os.PathLike) -> tuple[pq.ParquetFile, IO[bytes] | 
 
 
 def open_any(path: str | os.PathLike) -> StageInput:
-    """Open any Parquet file; ``meta.kind`` is ``"?"`` when smcli did not write it."""
+    """Open any Parquet file, or a finalized directory of parts (:class:`PartsInput`);
+    ``meta.kind`` is ``"?"`` when smcli did not write it."""
+    if str(path) != "-" and Path(path).is_dir():
+        return open_parts(path)
     pf, spool = _open_parquet(path)
     try:
         meta = StageMeta.from_kv(pf.schema_arrow.metadata) or StageMeta("?", 0, "?")
@@ -182,6 +204,90 @@ def open_any(path: str | os.PathLike) -> StageInput:
             spool.close()
         raise InputError(f"{display_name(path)}: unreadable smcli metadata ({exc})") from None
     return StageInput(display_name(path), pf, meta, spool)
+
+
+class PartsInput(StageInput):
+    """A finalized directory of parts (``DIR/part-*-of-*.parquet`` and ``_manifest.json``),
+    read as one file through a pyarrow dataset: rows in part order, batches streamed."""
+
+    def __init__(self, name: str, manifest: dict[str, Any], files: list[Path], meta: StageMeta):
+        import pyarrow.dataset as ds
+
+        first = pq.ParquetFile(files[0])
+        self._schema = first.schema_arrow
+        first.close()
+        super().__init__(name, None, meta)  # type: ignore[arg-type]
+        self.manifest = manifest
+        self.files = files
+        self.dataset = ds.dataset([str(f) for f in files], schema=self._schema, format="parquet")
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.manifest["rows"])
+
+    @property
+    def schema(self) -> pa.Schema:
+        return self._schema
+
+    def read(self, columns: Iterable[str] | None = None) -> pa.Table:
+        try:
+            return self.dataset.to_table(columns=list(columns) if columns is not None else None)
+        except (pa.ArrowException, OSError) as exc:
+            raise self._damaged(exc) from None
+
+    def iter_batches(self, batch_size: int = 4096, columns: Iterable[str] | None = None) -> Iterator[pa.RecordBatch]:
+        cols = list(columns) if columns is not None else None
+        try:
+            for batch in self.dataset.to_batches(columns=cols, batch_size=batch_size):
+                if batch.num_rows:
+                    yield batch
+        except (pa.ArrowException, OSError) as exc:
+            raise self._damaged(exc) from None
+
+    def read_where(self, columns: Iterable[str], key: str, values: Iterable[str]) -> pa.Table:
+        import pyarrow.compute as pc
+
+        cols = list(columns)
+        wanted = pa.array(sorted(set(values)), pa.string())
+        try:
+            return self.dataset.to_table(columns=cols, filter=pc.field(key).isin(wanted))
+        except (pa.ArrowException, OSError) as exc:
+            raise self._damaged(exc) from None
+
+    def part(self, index: int) -> StageInput:
+        """Part ``index`` alone, as an ordinary file (a shard reading its own features)."""
+        return open_any(self.files[index])
+
+    def close(self) -> None:
+        pass
+
+
+def open_parts(path: str | os.PathLike) -> PartsInput:
+    """A directory of parts, only once finalized: its manifest lists every part with its
+    size, so a missing, changed or unfinished part is refused in one line before any work."""
+    d = Path(path)
+    manifest_path = d / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise InputError(f"{d}: a directory without {MANIFEST_NAME}, so not a finished set of parts; "
+                         f"run smcli finalize {d} once every shard is done (or give a Parquet file)")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        parts = manifest["parts"]
+        files = [d / p["file"] for p in parts]
+        sizes = [int(p["bytes"]) for p in parts]
+        int(manifest["rows"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"{manifest_path}: unreadable manifest ({first_line(exc, 80)}); run smcli finalize {d} "
+                         "again") from None
+    if not files:
+        raise InputError(f"{manifest_path}: lists no part")
+    for f, size in zip(files, sizes):
+        if not f.is_file() or f.stat().st_size != size:
+            what = "is missing" if not f.is_file() else "changed"
+            raise InputError(f"{d}: {f.name} {what} since it was finalized; run smcli finalize {d} again")
+    stage = open_any(files[0])
+    stage.close()
+    return PartsInput(str(d), manifest, files, stage.meta)
 
 
 def open_stage(
@@ -436,6 +542,15 @@ class StageWriter:
             if self._atomic is not None:
                 self._atomic.abort()
             raise
+
+    def add_metadata(self, kv: Mapping[bytes, bytes]) -> None:
+        """Footer key-value entries known only at the end (a shard's counts). They are read
+        from the file's metadata (``ParquetFile.metadata.metadata``), not its schema."""
+        self._writer.add_key_value_metadata({k.decode(): v.decode() for k, v in kv.items()})
+
+    @property
+    def rows_pending(self) -> int:
+        return self._pending_rows
 
     def write(self, data: pa.RecordBatch | pa.Table | Mapping[str, Any]) -> None:
         """Add rows: a record batch, a table or a mapping of column name to values."""

@@ -22,6 +22,7 @@ from smcli.cli import inspect as _inspect  # noqa: E402,F401
 from smcli.cli import explain as _explain  # noqa: E402,F401
 from smcli.cli import models as _models  # noqa: E402,F401
 from smcli.cli import serve as _serve  # noqa: E402,F401
+from smcli.cli import shards as _shards  # noqa: E402,F401
 
 
 class Terminated(KeyboardInterrupt):

@@ -72,3 +72,9 @@ def _root(
 OUTPUT_HELP = "Output file; '-' or omitted in a pipe means stdout. Parquet is never written to a terminal."
 STRICT_HELP = "Make any rejected row or file fatal (exit 1) instead of reporting and going on."
 ERRORS_HELP = "Write every rejected row (source, location, reason) here (.parquet or .csv)."
+SHARD_HELP = ("Run shard I/N only (0-based): rows [floor(I*n/N), floor((I+1)*n/N)) of the frozen input list, "
+              "into -o DIR/part-I-of-N.parquet; then smcli finalize DIR. See docs/scale-out.md.")
+SHARDS_HELP = "Run all N shards with the built-in driver (--distributor), only those without a part, then finalize."
+DISTRIBUTOR_HELP = "With --shards: local (subprocesses on this machine) or ray (one Ray task per shard; smcli[ray])."
+RAY_ADDRESS_HELP = "With --distributor ray: the cluster to join (auto: this machine's); default: start a local one."
+RETRY_HELP = "With --shards: tries per shard before the run fails (rerun the same command to continue)."

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from smcli.cli.app import ERRORS_HELP, OUTPUT_HELP, STRICT_HELP, app
+from smcli.cli.app import (
+    DISTRIBUTOR_HELP,
+    ERRORS_HELP,
+    OUTPUT_HELP,
+    RAY_ADDRESS_HELP,
+    RETRY_HELP,
+    SHARD_HELP,
+    SHARDS_HELP,
+    STRICT_HELP,
+    app,
+)
 
 # Keep in step with smcli.images.backbones (not imported here: it must not load torch).
 _BACKBONES = "efficientnet-lite0 (default), efficientnet-lite2, vgg19, resnet152"
@@ -61,6 +71,11 @@ def extract_regions_cmd(
         help="Progress bar on stderr (default: only when stderr is a terminal)."),
     errors: Path | None = typer.Option(None, "--errors", help=ERRORS_HELP),
     strict: bool = typer.Option(False, "--strict", help=STRICT_HELP),
+    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP),
+    shards: int | None = typer.Option(None, "--shards", min=1, help=SHARDS_HELP),
+    distributor: str = typer.Option("local", "--distributor", help=DISTRIBUTOR_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    max_shard_retry: int = typer.Option(3, "--max-shard-retry", min=1, help=RETRY_HELP),
 ) -> None:
     """Images -> one row per image: a grid of region features (the last convolutional map of
     an ImageNet-pretrained CNN) and a global feature. Writes a regions Parquet file with
@@ -71,6 +86,15 @@ def extract_regions_cmd(
 
     Example: smcli extract-regions examples/images -o feats.parquet
     """
+    options = dict(backbone=backbone, image_size=image_size, weights=weights, batch_size=batch_size,
+                   workers=workers, threads=threads, dtype=dtype, device=device, max_pixels=max_pixels,
+                   progress=progress)
+    if shard is not None or shards is not None:
+        from smcli.distributed.extract import extract_in_shards
+
+        return extract_in_shards(inputs, output, shard=shard, shards=shards, distributor=distributor,
+                       ray_address=ray_address, max_shard_retry=max_shard_retry, errors=errors, resume=resume,
+                       root=root, path_column=path_column, strict=strict, **options)
     from smcli.images.extract import extract_regions
 
     extract_regions(inputs, output, root=root, path_column=path_column, errors=errors, strict=strict,
