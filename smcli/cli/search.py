@@ -10,7 +10,17 @@ from pathlib import Path
 
 import typer
 
-from smcli.cli.app import ERRORS_HELP, OUTPUT_HELP, STRICT_HELP, app
+from smcli.cli.app import (
+    DISTRIBUTOR_HELP,
+    ERRORS_HELP,
+    OUTPUT_HELP,
+    RAY_ADDRESS_HELP,
+    RETRY_HELP,
+    SHARD_HELP,
+    SHARDS_HELP,
+    STRICT_HELP,
+    app,
+)
 
 MODEL_HELP = "Model directory from smcli train (default: $SMCLI_MODEL or smcli.toml)."
 REGIONS_HELP = "Regions Parquet (default: $SMCLI_REGIONS or smcli.toml)."
@@ -68,6 +78,11 @@ def score_cmd(
         help="Exit 3 (after writing the scores) when the mean score (ref_score with --references) is below this."),
     device: str = typer.Option("auto", "--device", help=DEVICE_HELP),
     precision: str = typer.Option("auto", "--precision", help=PRECISION_HELP),
+    shard: str | None = typer.Option(None, "--shard", help=SHARD_HELP + " --pairs: a file or a partition-pairs DIR."),
+    shards: int | None = typer.Option(None, "--shards", min=1, help=SHARDS_HELP),
+    distributor: str = typer.Option("local", "--distributor", help=DISTRIBUTOR_HELP),
+    ray_address: str | None = typer.Option(None, "--ray-address", help=RAY_ADDRESS_HELP),
+    max_shard_retry: int = typer.Option(3, "--max-shard-retry", min=1, help=RETRY_HELP),
 ) -> None:
     """Score how well captions match images: writes image_id, caption_id, caption, score,
     in input order, and prints the mean score. --pairs with caption text needs no --captions.
@@ -76,18 +91,26 @@ def score_cmd(
 
     from smcli.defaults import resolve
     from smcli.evaluation.recall import check_gates
-    from smcli.inference.tasks import load_captions, load_features, read_references, score_pairs
+    from smcli.inference.tasks import load_captions, read_pairs, read_references, score_file
     from smcli.output import emit
     from smcli.report import RunReport, say
 
+    if shard is not None or shards is not None:
+        from smcli.distributed.score import score_in_shards
+
+        score_in_shards(model, regions, captions, pairs, output, shard=shard, shards=shards, distributor=distributor,
+                        ray_address=ray_address, max_shard_retry=max_shard_retry, errors=errors,
+                        fail_under=fail_under, references=references, strict=strict, device=device,
+                        precision=precision)
+        return
     _check_outputs(output, table, _inputs(regions, captions, pairs, references), errors)  # before any work
     report = RunReport("score", errors_path=errors, strict=strict)
     matcher = _load(model, device, precision)
     caps_path = resolve("captions", captions, required=pairs is None)
     caps = load_captions(matcher, caps_path) if caps_path else None
-    feats = load_features(matcher, resolve("regions", regions))
+    regions = resolve("regions", regions)
     refs = read_references(references) if references else None
-    result = score_pairs(matcher, feats, caps, pairs, report, refs)
+    result = score_file(matcher, regions, caps, read_pairs(caps, pairs), report, refs)
     read = result.num_rows + len(report.rejects)
     written = emit(result, "scores", {"command": "score", **matcher.producer()}, output,
                    show=["image_id", "caption", "score", *(["ref_score"] if references else [])],

@@ -21,3 +21,20 @@ def finalize_cmd(
     from smcli.report import say
 
     say("finalize", summary_line(finalize(directory)))
+
+
+@app.command("partition-pairs")
+def partition_pairs_cmd(
+    pairs: str = typer.Argument(..., metavar="PAIRS", help="Parquet/CSV of image_id with caption_id or caption text."),
+    regions: str = typer.Option(..., "--regions", help="A finalized directory of feature parts."),
+    output: str = typer.Option(..., "-o", "--output", help="Directory for the pairs parts (DIR/)."),
+) -> None:
+    """Split a pairs file, in one streaming pass, by the feature part that holds each pair's
+    image, so that score --shard I/N reads one pairs part and one feature part. Rows keep
+    input_row (their row in PAIRS); then: smcli score --shard I/N --pairs DIR/ --regions FEATS/ -o SCORES/
+
+    Example: smcli partition-pairs pairs.parquet --regions feats/ -o pairs/
+    """
+    from smcli.distributed.partition import partition_pairs
+
+    partition_pairs(pairs, regions, output)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,16 +116,18 @@ def _layout(name: str, meta: dict[str, Any]) -> tuple[int, int, int]:
     return grid[0], grid[1], dim
 
 
-def load_regions(source: str | os.PathLike | StageInput, *, regions: bool = True) -> RegionFeatures:
-    """Load a regions file (path or an opened stage). ``regions=False`` skips the grids
-    (only the global vectors: much less memory)."""
+def load_regions(source: str | os.PathLike | StageInput, *, regions: bool = True,
+                 image_ids: Iterable[str] | None = None) -> RegionFeatures:
+    """Load a regions file or a finalized directory of parts (path or an opened stage).
+    ``regions=False`` skips the grids (only the global vectors: much less memory);
+    ``image_ids`` keeps only those images' rows (streamed: the others are never held)."""
     stage = source if isinstance(source, StageInput) else open_stage(source, "regions")
     owned = not isinstance(source, StageInput)
     try:
         meta = dict(stage.meta.producer)
         gh, gw, dim = _layout(stage.name, meta)
         cols = ["image_id", "path", "width", "height", "global"] + (["regions"] if regions else [])
-        table = stage.read(cols)
+        table = stage.read(cols) if image_ids is None else stage.read_where(cols, "image_id", image_ids)
         for col, ok, what in (("image_id", pa.types.is_string, "text"), ("path", pa.types.is_string, "text"),
                               ("width", pa.types.is_integer, "integers"), ("height", pa.types.is_integer, "integers")):
             t = table.schema.field(col).type

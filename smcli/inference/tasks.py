@@ -45,46 +45,79 @@ def load_captions(model: MatchModel, path: str) -> CaptionSet:
                       t.column("caption").to_pylist(), t.column("token_ids").to_pylist(), stage.name)
 
 
-def load_features(model: MatchModel, path: str | None):
+def load_features(model: MatchModel, path: str | None, image_ids=None):
+    """The regions file (or finalized directory of parts) at ``path``, checked against the
+    model; with ``image_ids``, only those images' rows (streamed, not all read)."""
     from smcli.images.features import load_regions
 
-    feats = load_regions(path)
+    feats = load_regions(path, image_ids=image_ids)
     model.check_features(feats.meta, feats.name)
     return feats
 
 
 # -- score ------------------------------------------------------------------------------
 
+@dataclass
+class PairList:
+    """Pairs to score: image ids with caption ids or caption text; ``rows`` numbers them in
+    the original input (0-based; None: 0..n-1), the ``input_row`` a sharded run keeps."""
+
+    source: str
+    images: list[str | None]
+    caption_ids: list[str | None]
+    texts: list[str | None]
+    rows: list[int] | None = None
+
+
+def read_pairs(caps: CaptionSet | None, pairs_path: str | None, table: pa.Table | None = None,
+               source: str | None = None) -> PairList:
+    """The pairs of a pairs file (or ``table``, read from ``source``), or each caption of
+    ``caps`` with its own image when there is no pairs file."""
+    if pairs_path is None and table is None:
+        if caps is None:
+            raise InputError("score needs --pairs or --captions")
+        return PairList(caps.name, list(caps.image_ids), list(caps.caption_ids), [None] * len(caps.image_ids))
+    source = source or str(pairs_path)
+    if table is None:
+        table = read_table_any(str(pairs_path), "pairs")
+    (img_col,) = require_columns(table, source, ("image_id", "image"))
+    images = as_strings(table, img_col)
+    rows = table.column("input_row").to_pylist() if "input_row" in table.column_names else None
+    if "caption_id" in table.column_names:
+        if caps is None or not caps.caption_ids:
+            raise InputError(f"{source}: pairs name caption_id, so --captions is needed to look them up")
+        return PairList(source, images, as_strings(table, "caption_id"), [None] * table.num_rows, rows)
+    (text_col,) = require_columns(table, source, ("caption", "text", "query"))
+    return PairList(source, images, [None] * table.num_rows, as_strings(table, text_col), rows)
+
+
+def score_file(model: MatchModel, regions: str, caps: CaptionSet | None, pairs: PairList, report: RunReport,
+               references: dict[str, list[str]] | None = None, **options: bool) -> pa.Table:
+    """:func:`score_pairs` reading only the features of the images the pairs name."""
+    feats = load_features(model, regions, image_ids={i for i in pairs.images if i is not None})
+    return score_pairs(model, feats, caps, None, report, references, pairs=pairs, **options)
+
+
 def score_pairs(model: MatchModel, feats, caps: CaptionSet | None, pairs_path: str | None,
-                report: RunReport, references: dict[str, list[str]] | None = None) -> pa.Table:
+                report: RunReport, references: dict[str, list[str]] | None = None, *,
+                pairs: PairList | None = None, input_rows: bool = False, allow_empty: bool = False) -> pa.Table:
     """Scores of (image_id, caption) pairs: from a pairs file (caption_id or caption text),
     or each caption with its own image. Output rows keep the input order. ``caps`` may be
-    None when the pairs file holds the caption text itself."""
+    None when the pairs file holds the caption text itself. ``pairs`` instead of a file;
+    ``input_rows`` adds the ``input_row`` column (the pair's row in the original input);
+    ``allow_empty``: no pair to score gives an empty table (a shard), not an error."""
+    if pairs is None:
+        pairs = read_pairs(caps, pairs_path)
     if caps is None:
         caps = CaptionSet([], [], [], [], "no captions file")
     cap_pos = {c: i for i, c in enumerate(caps.caption_ids)}
     img_pos = feats.index()
-    if pairs_path is None:
-        source = caps.name
-        pair_images = caps.image_ids
-        pair_caps: list[str | None] = list(caps.caption_ids)
-        pair_texts: list[str | None] = [None] * len(pair_images)
-    else:
-        source = pairs_path
-        table = read_table_any(pairs_path, "pairs")
-        (img_col,) = require_columns(table, pairs_path, ("image_id", "image"))
-        pair_images = as_strings(table, img_col)
-        if "caption_id" in table.column_names:
-            if not caps.caption_ids:
-                raise InputError(f"{pairs_path}: pairs name caption_id, so --captions is needed to look them up")
-            pair_caps, pair_texts = as_strings(table, "caption_id"), [None] * table.num_rows
-        else:
-            (text_col,) = require_columns(table, pairs_path, ("caption", "text", "query"))
-            pair_caps, pair_texts = [None] * table.num_rows, as_strings(table, text_col)
+    source, pair_images, pair_caps, pair_texts = pairs.source, pairs.images, pairs.caption_ids, pairs.texts
+    numbers = pairs.rows if pairs.rows is not None else range(len(pair_images))
     keep, ii, text_rows = [], [], []
     extra_texts: list[str] = []
-    for row, (image, cap, text) in enumerate(zip(pair_images, pair_caps, pair_texts), start=1):
-        where = f"row {row}"
+    for row, (image, cap, text, number) in enumerate(zip(pair_images, pair_caps, pair_texts, numbers), start=1):
+        where = f"row {number + 1}"
         if image is None or image not in img_pos:
             report.reject(source, where, f"image {image!r} is not in {feats.name}")
             continue
@@ -101,6 +134,12 @@ def score_pairs(model: MatchModel, feats, caps: CaptionSet | None, pairs_path: s
             extra_texts.append(text)
         keep.append(row - 1)
         ii.append(img_pos[image])
+    if not keep and allow_empty:
+        names = ["image_id", "caption_id", "caption", "score", *(["input_row"] if input_rows else []),
+                 *(["image_cosine", "reference_cosine", "ref_score"] if references is not None else [])]
+        types = {"score": pa.float64(), "input_row": pa.int64(), "image_cosine": pa.float64(),
+                 "reference_cosine": pa.float64(), "ref_score": pa.float64()}
+        return pa.table({n: pa.array([], types.get(n, pa.string())) for n in names})
     if not keep:
         raise InputError(f"{source}: no pair could be scored (see the rejected rows above)")
     # encode each image and caption once, however many pairs use it
@@ -122,6 +161,8 @@ def score_pairs(model: MatchModel, feats, caps: CaptionSet | None, pairs_path: s
         "caption": [texts_all[c] for c in cc],
         "score": pa.array(scores, pa.float64()),
     }
+    if input_rows:
+        columns["input_row"] = pa.array([numbers[k] for k in keep], pa.int64())
     if references is not None:
         columns.update(reference_scores(model, gallery, texts, img_inv, cc, references, report))
     return pa.table(columns)
