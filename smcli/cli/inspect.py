@@ -9,7 +9,7 @@ from smcli.cli.app import app
 
 @app.command("inspect")
 def inspect_cmd(
-    file: str = typer.Argument(..., help="Any smcli Parquet file, or '-' for stdin."),
+    file: str = typer.Argument(..., help="Any smcli Parquet file, a finalized directory of parts, or '-' for stdin."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """Show the kind, schema version, producer settings, columns and row count of a file."""
@@ -25,10 +25,14 @@ def inspect_cmd(
         "schema_version": meta.schema_version,
         "smcli_version": meta.smcli_version,
         "rows": stage.num_rows,
-        "columns": {f.name: str(f.type) for f in stage.parquet.schema_arrow},
+        "columns": {f.name: str(f.type) for f in stage.schema},
         "producer": meta.producer,
         "blobs": {k: f"{len(v):,} bytes" for k, v in meta.blobs.items()},
     }
+    manifest = getattr(stage, "manifest", None)  # a finalized directory of parts
+    if manifest is not None:
+        info["parts"] = {"shards": manifest["shards"], "list_fingerprint": manifest["list_fingerprint"],
+                         "counts": manifest["counts"]}
     stage.close()
     if json_out:
         typer.echo(json.dumps(info, indent=2))
@@ -45,6 +49,10 @@ def inspect_cmd(
         table.add_row(key, f"{value:,}" if isinstance(value, int) and key == "rows" else str(value))
     table.add_row("columns", "\n".join(f"{k}: {v}" for k, v in info["columns"].items()))
     table.add_row("producer", json.dumps(meta.producer, indent=1, sort_keys=True))
+    if "parts" in info:
+        parts = info["parts"]
+        table.add_row("parts", f"{parts['shards']} (input list {parts['list_fingerprint'][:19]}...): "
+                      + ", ".join(f"{k} {v:,}" for k, v in parts["counts"].items()))
     if info["blobs"]:
         table.add_row("blobs", ", ".join(f"{k} ({v})" for k, v in info["blobs"].items()))
     console(width=None).print(table)

@@ -184,7 +184,7 @@ def finalize(directory: str | Path, *, command: str = "finalize") -> Manifest:
     data["fingerprint"] = "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     swept = sweep(d, command)
     with AtomicFile(d / MANIFEST_NAME) as out:
-        out.handle.write((json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
+        out.handle.write((json.dumps(data, indent=1) + "\n").encode())  # built in a fixed order
     note = f"; swept {swept} leftover(s) of killed shards" if swept else ""
     say(command, f"{d}: {count} part(s), {data['rows']:,} {kind} rows, one input list{note}")
     return Manifest(d, data)

@@ -106,6 +106,8 @@ def check_shard_options(shard: object, shards: int | None, *, errors: object = N
     """The options that go with --shard i/N (one shard) or --shards N (the driver), not both."""
     if shard is not None and shards is not None:
         raise UsageError("give --shard I/N (run one shard) or --shards N (run them all), not both")
+    if distributor not in ("local", "ray"):
+        raise UsageError(f"--distributor {distributor}: choose local or ray")
     if errors is not None:
         raise UsageError("--errors does not go with sharded runs: each part has its error report beside it "
                          "(DIR/part-I-of-N.errors.parquet)")

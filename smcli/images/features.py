@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,7 +87,7 @@ def _fixed_list_numpy(column: pa.ChunkedArray, width: int) -> np.ndarray:
 FINITE_CHUNK = 4096  # rows checked for NaN/inf at a time (bounds the temporary mask)
 
 
-def _check_finite(name: str, column: str, values: np.ndarray, table: pa.Table) -> None:
+def _check_finite(name: str, column: str, values: np.ndarray, table: pa.Table, offset: int = 0) -> None:
     """Refuse a file with NaN/inf features, naming the rows: a NaN must never rank."""
     bad: list[int] = []
     for start in range(0, len(values), FINITE_CHUNK):
@@ -96,7 +96,7 @@ def _check_finite(name: str, column: str, values: np.ndarray, table: pa.Table) -
     if bad:
         first = table.column("image_id")[bad[0]].as_py()
         raise InputError(f"{name}: non-finite (NaN/inf) {column} features in {len(bad):,} row(s) "
-                         f"(first: row {bad[0]}, image_id {first!r}); re-extract them")
+                         f"(first: row {offset + bad[0]}, image_id {first!r}); re-extract them")
 
 
 def _positive_int(value: Any) -> bool:
@@ -124,48 +124,73 @@ def load_regions(source: str | os.PathLike | StageInput, *, regions: bool = True
     stage = source if isinstance(source, StageInput) else open_stage(source, "regions")
     owned = not isinstance(source, StageInput)
     try:
-        meta = dict(stage.meta.producer)
-        gh, gw, dim = _layout(stage.name, meta)
-        cols = ["image_id", "path", "width", "height", "global"] + (["regions"] if regions else [])
+        meta = _checked_meta(stage)
+        cols = _columns(regions)
         table = stage.read(cols) if image_ids is None else stage.read_where(cols, "image_id", image_ids)
-        for col, ok, what in (("image_id", pa.types.is_string, "text"), ("path", pa.types.is_string, "text"),
-                              ("width", pa.types.is_integer, "integers"), ("height", pa.types.is_integer, "integers")):
-            t = table.schema.field(col).type
-            if not ok(t):
-                raise InputError(f"{stage.name}: column {col} is {t}, not {what}")
-            if table.column(col).null_count:
-                raise InputError(f"{stage.name}: column {col} has empty (null) values")
-        for col in cols[4:]:  # the feature columns: fixed-size lists of floats
-            t = table.schema.field(col).type
-            if not (pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type)):
-                raise InputError(f"{stage.name}: column {col} is {t}, not a fixed-size list of floats")
-        gfield = table.schema.field("global").type
-        gdim = int(getattr(gfield, "list_size", 0) or meta.get("global_dim", dim))
-        glob = _fixed_list_numpy(table.column("global"), gdim)
-        _check_finite(stage.name, "global", glob, table)
-        reg = None
-        if regions:
-            rtype = table.schema.field("regions").type
-            width = gh * gw * dim
-            if getattr(rtype, "list_size", width) != width:
-                raise InputError(f"{stage.name}: regions column width {rtype.list_size} does not "
-                                 f"match grid {gh}x{gw} x dim {dim}")
-            reg = _fixed_list_numpy(table.column("regions"), width)
-            _check_finite(stage.name, "regions", reg, table)
-            reg = reg.reshape(-1, gh * gw, dim)
-        return RegionFeatures(
-            image_ids=table.column("image_id").to_pylist(),
-            paths=table.column("path").to_pylist(),
-            width=table.column("width").to_numpy(),
-            height=table.column("height").to_numpy(),
-            regions=reg,
-            global_=glob,
-            meta=meta,
-            name=stage.name,
-        )
+        return _features(stage.name, meta, table, regions)
     finally:
         if owned:
             stage.close()
+
+
+def iter_regions(stage: StageInput, batch_size: int = 512) -> Iterator[RegionFeatures]:
+    """The regions file's rows ``batch_size`` at a time, in order, as RegionFeatures (a
+    stage that needs every row, but never all at once: ``smcli index``)."""
+    meta = _checked_meta(stage)
+    start = 0
+    for batch in stage.iter_batches(batch_size, _columns(True)):
+        yield _features(stage.name, meta, pa.Table.from_batches([batch]), True, offset=start)
+        start += batch.num_rows
+
+
+def _checked_meta(stage: StageInput) -> dict[str, Any]:
+    meta = dict(stage.meta.producer)
+    _layout(stage.name, meta)
+    return meta
+
+
+def _columns(regions: bool) -> list[str]:
+    return ["image_id", "path", "width", "height", "global"] + (["regions"] if regions else [])
+
+
+def _features(name: str, meta: dict[str, Any], table: pa.Table, regions: bool, offset: int = 0) -> RegionFeatures:
+    """RegionFeatures of a table of regions rows (``offset``: its first row's number)."""
+    gh, gw, dim = _layout(name, meta)
+    for col, ok, what in (("image_id", pa.types.is_string, "text"), ("path", pa.types.is_string, "text"),
+                          ("width", pa.types.is_integer, "integers"), ("height", pa.types.is_integer, "integers")):
+        t = table.schema.field(col).type
+        if not ok(t):
+            raise InputError(f"{name}: column {col} is {t}, not {what}")
+        if table.column(col).null_count:
+            raise InputError(f"{name}: column {col} has empty (null) values")
+    for col in _columns(regions)[4:]:  # the feature columns: fixed-size lists of floats
+        t = table.schema.field(col).type
+        if not (pa.types.is_fixed_size_list(t) and pa.types.is_floating(t.value_type)):
+            raise InputError(f"{name}: column {col} is {t}, not a fixed-size list of floats")
+    gfield = table.schema.field("global").type
+    gdim = int(getattr(gfield, "list_size", 0) or meta.get("global_dim", dim))
+    glob = _fixed_list_numpy(table.column("global"), gdim)
+    _check_finite(name, "global", glob, table, offset)
+    reg = None
+    if regions:
+        rtype = table.schema.field("regions").type
+        width = gh * gw * dim
+        if getattr(rtype, "list_size", width) != width:
+            raise InputError(f"{name}: regions column width {rtype.list_size} does not "
+                             f"match grid {gh}x{gw} x dim {dim}")
+        reg = _fixed_list_numpy(table.column("regions"), width)
+        _check_finite(name, "regions", reg, table, offset)
+        reg = reg.reshape(-1, gh * gw, dim)
+    return RegionFeatures(
+        image_ids=table.column("image_id").to_pylist(),
+        paths=table.column("path").to_pylist(),
+        width=table.column("width").to_numpy(),
+        height=table.column("height").to_numpy(),
+        regions=reg,
+        global_=glob,
+        meta=meta,
+        name=name,
+    )
 
 
 def feature_signature(meta: dict[str, Any] | Any) -> dict[str, Any]:

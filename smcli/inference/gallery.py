@@ -514,33 +514,39 @@ def build_index(model, regions_path: str, out: Path, kind: str = "auto", *, over
     ``out`` must be new or empty, or (with ``overwrite``) a gallery to replace."""
     import torch
 
-    from smcli.images.features import load_regions
+    from smcli.images.features import iter_regions
     from smcli.report import say
     from smcli.runtime import autocast
+    from smcli.stage import open_stage
 
     check_build(out, kind, overwrite=overwrite, codec=codec)
-    feats = load_regions(regions_path)
-    model.check_features(feats.meta, feats.name)
+    stage = open_stage(regions_path, "regions")  # a file or a finalized directory, read CHUNK rows at a time
+    model.check_features(stage.meta.producer, stage.name)
+    ids_paths = stage.read(["image_id", "path"])
+    image_ids, paths = ids_paths.column(0).to_pylist(), ids_paths.column(1).to_pylist()
     embeddings = []
 
     def chunks():
-        for start in range(0, len(feats.image_ids), CHUNK):
+        for feats in iter_regions(stage, CHUNK):
             with torch.inference_mode(), autocast(model.device, model.precision):
-                r = torch.from_numpy(np.asarray(feats.regions[start:start + CHUNK], np.float32))
-                g = torch.from_numpy(np.asarray(feats.global_[start:start + CHUNK], np.float32))
+                r = torch.from_numpy(np.asarray(feats.regions, np.float32))
+                g = torch.from_numpy(np.asarray(feats.global_, np.float32))
                 side = model.model.encode_images(r.to(model.device), g.to(model.device))
             embeddings.append(side.emb.float().cpu().numpy())
             yield {name: getattr(side, name).float().cpu().numpy()
                    for name in ("keys", "values", "ctx_a", "ctx_s") if getattr(side, name, None) is not None}
 
     meta = {"model_hash": model.loaded.hash, "model": model.name,
-            "features": model.loaded.info.features, "regions_file": feats.name}
+            "features": model.loaded.info.features, "regions_file": stage.name}
     # save_gallery consumes the chunks before it needs the embeddings
-    save_gallery(Path(out), meta=meta, image_ids=feats.image_ids, paths=feats.paths,
-                 embeddings=_Deferred(embeddings), side_chunks=chunks(), kind=kind, overwrite=overwrite,
-                 codec=codec)
-    say("index", f"{len(feats.image_ids):,} images indexed in {out}")
-    return len(feats.image_ids)
+    try:
+        save_gallery(Path(out), meta=meta, image_ids=image_ids, paths=paths,
+                     embeddings=_Deferred(embeddings), side_chunks=chunks(), kind=kind, overwrite=overwrite,
+                     codec=codec)
+    finally:
+        stage.close()
+    say("index", f"{len(image_ids):,} images indexed in {out}")
+    return len(image_ids)
 
 
 class _Deferred:
