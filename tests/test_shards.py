@@ -115,7 +115,7 @@ def _fast_parts(directory: Path, photos: Path, count: int, *indices: int) -> Non
         assert rc == 0, err
 
 
-def test_stages_refuse_a_directory_without_manifest(example_model, tmp_path):
+def test_stages_refuse_a_directory_without_manifest(example_pipeline, example_model, tmp_path):
     out = tmp_path / "feats"
     _fast_parts(out, IMAGES, 2, 0)
     pairs = tmp_path / "pairs.csv"
@@ -126,7 +126,7 @@ def test_stages_refuse_a_directory_without_manifest(example_model, tmp_path):
         "retrieve": ["retrieve", "--model", example_model, "--regions", out, "--query", "a dog", "--table"],
         "caption-rank": ["caption-rank", "--model", example_model, "--regions", out, "--candidates", pairs, "--table"],
         "index": ["index", "--model", example_model, "--regions", out, "-o", tmp_path / "gallery"],
-        "train": ["train", "--regions", out, "--captions", tmp_path / "c.parquet", "-o", tmp_path / "m"],
+        "train": ["train", "--regions", out, "--captions", example_pipeline["captions"], "-o", tmp_path / "m"],
     }
     for name, argv in commands.items():
         rc, _, err = run_main(*argv)

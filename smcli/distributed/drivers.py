@@ -33,9 +33,16 @@ from smcli.runtime import cpu_cores
 DISTRIBUTORS = ("local", "ray")
 # The shard's smcli, run so that it gets SIGKILL when its parent dies (prctl 1 =
 # PR_SET_PDEATHSIG survives exec), and gives up if the parent is already gone.
-_LAUNCH = ("import ctypes, os, signal, sys; ctypes.CDLL(None).prctl(1, signal.SIGKILL); "
-           "os.getppid() == int(sys.argv[1]) or sys.exit(137); "
-           "os.execv(sys.executable, [sys.executable, '-m', 'smcli', *sys.argv[2:]])")
+_LAUNCH = """
+import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+except (AttributeError, OSError):  # not Linux: the shard may outlive a killed parent
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(137)
+os.execv(sys.executable, [sys.executable, "-m", "smcli", *sys.argv[2:]])
+"""
 
 
 @dataclass

@@ -85,7 +85,7 @@ def producer(backbone: Backbone, dtype: str) -> dict[str, Any]:
     }
 
 
-MAX_CPU_WORKERS = 8  # each holds its own activations: ~0.3 GB for a chunk of 16 at 224
+MAX_CPU_WORKERS = 8  # each holds its own activations: ~0.3 GB for a chunk of 15 at 224
 
 
 def default_workers(device: str = "cpu") -> int:
