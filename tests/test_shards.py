@@ -86,6 +86,8 @@ def test_two_shards_finalized_equal_the_single_run(example_pipeline, tmp_path):
     assert err.strip().splitlines()[-1] == (f"smcli finalize: 2 part(s) in {out}: listed 32, duplicates 0, "
                                             "processed 32, written 32, failed 0")
     assert_same_rows(example_pipeline["feats"], out)
+    # and in the same order: the parts in order are the frozen (sorted) list
+    assert load_regions(out).image_ids == load_regions(example_pipeline["feats"]).image_ids
     manifest = json.loads((out / "_manifest.json").read_text())
     assert manifest["rows"] == 32 and [p["list_rows"] for p in manifest["parts"]] == [[0, 16], [16, 32]]
     record = json.loads(pq.ParquetFile(out / "part-00001-of-00002.parquet").metadata.metadata[RECORD_KEY])
