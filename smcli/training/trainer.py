@@ -42,6 +42,7 @@ from smcli.models.text_inputs import make_text_store
 from smcli.report import say
 from smcli.runtime import autocast, resolve_device, resolve_precision
 from smcli.training.checkpoint import STATE_FILE, load_state, resume_settings, save_state
+from smcli.training.distributed import SINGLE, World, connected_zero, join_world
 from smcli.training.fusion import choose_global_weight
 from smcli.training.loss import mine_negatives, ranking_loss_grid, ranking_loss_mined
 from smcli.training.options import TrainOptions
@@ -91,10 +92,10 @@ class Validation:
 
 class Trainer:
     def __init__(self, data: MatchingData, out_dir: Path, cfg: ModelConfig, opts: TrainOptions,
-                 log: Callable[[str], None] | None = None):
-        self.data, self.out_dir, self.opts = data, Path(out_dir), opts
-        self.log = log or (lambda msg: say("train", msg))
-        self.device = resolve_device(opts.device)
+                 log: Callable[[str], None] | None = None, world: World = SINGLE):
+        self.data, self.out_dir, self.opts, self.world = data, Path(out_dir), opts, world
+        self.log = (log or (lambda msg: say("train", msg))) if world.is_main else (lambda msg: None)
+        self.device = world.device(resolve_device(opts.device))
         self.precision = resolve_precision(opts.precision, self.device)
         self.train_caps, self.val_caps = check_splits(data)
         changes = {"img_dim": int(data.global_.shape[-1]), "vocab_size": len(data.vocab)}
@@ -113,8 +114,9 @@ class Trainer:
         """Inputs for train and val captions only (test captions are never encoded here)."""
         used = np.concatenate([self.train_caps, self.val_caps])
         self.log(f"preparing {self.cfg.text_encoder} inputs for {len(used):,} captions")
-        store = make_text_store(self.cfg, [self.data.captions[i] for i in used], self.data.vocab,
-                                [self.data.token_ids[i] for i in used])
+        with self.world.main_first():  # process 0 fills the MiniLM cache, the others read it
+            store = make_text_store(self.cfg, [self.data.captions[i] for i in used], self.data.vocab,
+                                    [self.data.token_ids[i] for i in used])
         # map global caption index -> store row
         self.store_row = np.full(len(self.data.captions), -1, dtype=np.int64)
         self.store_row[used] = np.arange(len(used))
@@ -124,6 +126,17 @@ class Trainer:
         regions = self.data.regions
         r = None if regions is None else as_tensor(regions[index], self.device)
         return r, as_tensor(self.data.global_[index], self.device)
+
+    def _encode_batch(self, model, store, images: np.ndarray, idx: np.ndarray):
+        """Both sides of a batch: its images and its captions. With several processes each
+        encodes its part of them and the parts are gathered, gradients and all, so every
+        process holds the sides one process would have encoded."""
+        world = self.world
+        max_len = store.max_len(self.store_row[idx])  # the whole batch's padding, in every process
+        img = model.encode_images(*self._images(images[world.part(len(images))]))
+        txt = model.encode_texts(store.batch(self.store_row[idx[world.part(len(idx))]], device=self.device,
+                                             max_len=max_len))
+        return world.gather((img, len(images)), (txt, len(idx)))
 
     # -- step 2: validate ----------------------------------------------------------------
     @torch.inference_mode()
@@ -203,16 +216,20 @@ class Trainer:
     def run(self) -> dict[str, Any]:
         """Train (or fit CCA); the model directory carries an INCOMPLETE marker until the run
         ends, so a model left by a killed run is never taken for a finished one."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.cfg.variant == "cca" and self.world.size > 1:
+            raise UsageError("--variant cca is fitted in closed form in one process: run it without torchrun")
         marker = self.out_dir / INCOMPLETE_FILE
-        marker.write_text("smcli train is running here or was interrupted: the model is the best epoch so far; "
-                          f"smcli train --resume -o {self.out_dir} continues it\n")
+        if self.world.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            marker.write_text("smcli train is running here or was interrupted: the model is the best epoch so far; "
+                              f"smcli train --resume -o {self.out_dir} continues it\n")
         best = self.fit_cca() if self.cfg.variant == "cca" else self._train()
-        marker.unlink(missing_ok=True)
+        if self.world.is_main:
+            marker.unlink(missing_ok=True)
         return best
 
     def _train(self) -> dict[str, Any]:
-        opts = self.opts
+        opts, world = self.opts, self.world
         torch.manual_seed(opts.seed)
         store = self._text_store()
         model = self.build_model()
@@ -221,7 +238,11 @@ class Trainer:
         progress = {"epoch": 0, "step": 0, "best_rsum": -1.0, "best_epoch": 0, "bad_epochs": 0,
                     "config": self.cfg.to_dict(), "options": asdict(opts)}
         if opts.resume:
-            saved = load_state(self.out_dir, model, optimizer)
+            saved = load_state(self.out_dir, model, optimizer) if world.is_main else None
+            if world.size > 1:  # process 0's state on every process (no shared file system needed)
+                saved = world.broadcast_object(saved)
+                world.broadcast_module(model)
+                optimizer.load_state_dict(world.broadcast_object(optimizer.state_dict()))
             if saved is None:
                 self.log("no saved state to resume from; starting afresh")
             else:
@@ -229,19 +250,24 @@ class Trainer:
                 self.log(f"resuming at epoch {progress['epoch'] + 1}, step {progress['step']}")
         self.log(f"{self.cfg.variant} ({self.cfg.text_encoder}) on {self.device} ({self.precision}): "
                  f"{len(self.train_caps):,} train / {len(self.val_caps):,} val captions, "
-                 f"{self.steps_per_epoch()} steps an epoch")
+                 f"{self.steps_per_epoch()} steps an epoch"
+                 + (f", {world.size} processes" if world.size > 1 else ""))
         while progress["epoch"] < opts.epochs and progress["bad_epochs"] < opts.patience:
             epoch = progress["epoch"]
             lr = opts.lr * (0.1 if opts.lr_decay_epochs and epoch >= opts.lr_decay_epochs else 1.0)
             stats = self.train_one_epoch(model, optimizer, store, progress, lr)
-            started = time.time()
-            val = self.validate(model, store)
-            self.choose_and_save(model, optimizer, progress, stats, val, lr, time.time() - started)
+            if world.is_main:  # process 0 evaluates, chooses the cosine weight and the epoch, saves
+                started = time.time()
+                val = self.validate(model, store)
+                self.choose_and_save(model, optimizer, progress, stats, val, lr, time.time() - started)
+            progress = world.broadcast_object(progress)  # ... and tells the others what it decided
+            world.broadcast_module(model)
         if progress["bad_epochs"] >= opts.patience:
             self.log(f"stopped early: no better val rsum for {opts.patience} epochs")
         self.log(f"best val rsum {progress['best_rsum']:.1f} at epoch {progress['best_epoch']}; "
                  f"model in {self.out_dir}")
-        return json.loads((self.out_dir / "config.json").read_text())["best"]
+        return world.broadcast_object(json.loads((self.out_dir / "config.json").read_text())["best"]
+                                      if world.is_main else None)
 
     # -- step 1: train one epoch ----------------------------------------------------------
     def train_one_epoch(self, model, optimizer, store, progress: dict[str, Any], lr: float) -> EpochStats:
@@ -265,12 +291,14 @@ class Trainer:
         with _StepProgress(f"epoch {epoch + 1}", steps, progress["step"]) as bar:
             for step in range(progress["step"], steps):
                 idx = self.train_caps[order[step * opts.batch_size:(step + 1) * opts.batch_size].numpy()]
+                self.world.test_hook(epoch, step)
+                self.world.dropout_seed(opts.seed, epoch, step)
                 loss, match_loss, n_pairs = self._step(model, optimizer, store, idx)
                 loss_sum += loss
                 match_sum += match_loss
                 pairs += n_pairs
                 bar.update(loss_sum / (step + 1), pairs / max(1e-9, time.time() - started))
-                if (step + 1) % opts.checkpoint_every == 0 and step + 1 < steps:
+                if (step + 1) % opts.checkpoint_every == 0 and step + 1 < steps and self.world.is_main:
                     save_state(self.out_dir, model, optimizer,
                                {**progress, "step": step + 1, "loss_sum": loss_sum,
                                 "match_loss_sum": match_sum, "pairs": pairs})
@@ -309,30 +337,37 @@ class Trainer:
         return improved
 
     def _step(self, model, optimizer, store, idx: np.ndarray) -> tuple[float, float, int]:
-        """One optimisation step; returns (loss, the matcher's part of it, pairs scored)."""
-        opts = self.opts
+        """One optimisation step; returns (loss, the matcher's part of it, pairs scored).
+
+        With several processes the batch is the same, its loss terms are split: each process
+        adds those of its own positives (``rows``), ranked against the whole batch."""
+        opts, world = self.opts, self.world
+        if world.naive_loss:  # test-only negative control: rank within this process's slice only
+            idx = idx[slice(*world.bounds(len(idx)))]
         cap_img = self.data.caption_image[idx]
         images, inverse = np.unique(cap_img, return_inverse=True)
         inv = torch.from_numpy(inverse).to(self.device)
         same = torch.from_numpy(cap_img[:, None] == cap_img[None, :]).to(self.device)  # [B, B]
+        rows = world.rows(len(idx), self.device)
         with autocast(self.device, self.precision):
-            img = model.encode_images(*self._images(images))
-            txt = model.encode_texts(store.batch(self.store_row[idx], device=self.device))
+            img, txt = self._encode_batch(model, store, images, idx)
             emb = model.embedding_grid(img, txt)[inv]  # [B, B] float32; rows: image of pair i
             if opts.freeze_embedding:
                 loss = torch.zeros((), device=emb.device)
             else:
-                loss = opts.emb_weight * ranking_loss_grid(emb, same, opts.margin, opts.negatives)
+                loss = opts.emb_weight * ranking_loss_grid(emb, same, opts.margin, opts.negatives, rows)
             n_pairs, m2m = 0, torch.zeros(())
             if self.cfg.many_to_many:
-                m2m, n_pairs = self._matcher_loss(model, img, txt, inv, same, emb.detach())
+                m2m, n_pairs = self._matcher_loss(model, img, txt, inv, same, emb.detach(), rows)
                 loss = loss + m2m
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        world.sum_gradients(model)
         if opts.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
         optimizer.step()
-        return float(loss.detach()), float(m2m.detach()), n_pairs or len(idx) * len(idx)
+        total, match, n_pairs = world.sum_values(float(loss.detach()), float(m2m.detach()), n_pairs)
+        return total, match, int(n_pairs) or len(idx) * len(idx)
 
     def _warm_start(self, model, directory: str) -> None:
         """Copy the one-to-one head (and the text encoder) of a trained model into ``model``."""
@@ -358,22 +393,38 @@ class Trainer:
                  f"from {directory} ({source.config.variant}, val rsum "
                  f"{source.info.extra.get('best', {}).get('rsum', float('nan')):.1f})")
 
-    def _matcher_loss(self, model, img, txt, inv, same, emb):
+    def _matcher_loss(self, model, img, txt, inv, same, emb, rows: torch.Tensor | None = None):
+        """The matcher's loss on the batch's positives (``rows``: only those, of the whole
+        batch, with their negatives mined from the whole batch); returns (loss, pairs scored)."""
         opts = self.opts
         B = len(inv)
+        if rows is not None and not len(rows):  # a batch smaller than the processes: none here
+            return connected_zero(img, txt), 0
         if opts.mine == 0 or opts.mine >= B - 1:
-            ii = inv.repeat_interleave(B)
-            cc = torch.arange(B, device=inv.device).repeat(B)
-            grid = model.score_pairs(img, txt, ii, cc).reshape(B, B).float()
-            return ranking_loss_grid(grid, same, opts.margin, opts.negatives), B * B
+            if rows is None:
+                ii = inv.repeat_interleave(B)
+                cc = torch.arange(B, device=inv.device).repeat(B)
+                grid = model.score_pairs(img, txt, ii, cc).reshape(B, B).float()
+                return ranking_loss_grid(grid, same, opts.margin, opts.negatives), B * B
+            # the rows' terms read their row and their column of the grid: score only those
+            needed = torch.zeros(B, B, dtype=torch.bool, device=inv.device)
+            needed[rows] = needed[:, rows] = True
+            flat = needed.reshape(-1).nonzero().squeeze(1)
+            scores = model.score_pairs(img, txt, inv[flat // B], flat % B).float()
+            grid = torch.zeros(B * B, device=scores.device).index_put((flat,), scores).reshape(B, B)
+            return ranking_loss_grid(grid, same, opts.margin, opts.negatives, rows), len(flat)
         k = opts.mine
         neg_c, neg_i, valid_c, valid_i = mine_negatives(emb, same, k)
         ar = torch.arange(B, device=inv.device)
-        ii = torch.cat([inv, inv.repeat_interleave(k), inv[neg_i.reshape(-1)]])
+        if rows is not None:  # this process's positives; their negatives come from the whole batch
+            neg_c, neg_i, valid_c, valid_i, ar = neg_c[rows], neg_i[rows], valid_c[rows], valid_i[rows], rows
+        b = len(ar)
+        ii = torch.cat([inv[ar], inv[ar].repeat_interleave(k), inv[neg_i.reshape(-1)]])
         cc = torch.cat([ar, neg_c.reshape(-1), ar.repeat_interleave(k)])
         s = model.score_pairs(img, txt, ii, cc).float()
-        pos, s_c, s_i = s[:B], s[B:B + B * k].reshape(B, k), s[B + B * k:].reshape(B, k)
-        loss = ranking_loss_mined(pos, s_c, s_i, opts.margin, opts.negatives, valid_c, valid_i)
+        pos, s_c, s_i = s[:b], s[b:b + b * k].reshape(b, k), s[b + b * k:].reshape(b, k)
+        loss = ranking_loss_mined(pos, s_c, s_i, opts.margin, opts.negatives, valid_c, valid_i,
+                                  of=None if rows is None else B)
         return loss, len(s)
 
     def _append_metrics(self, row: dict[str, Any]) -> None:
@@ -415,16 +466,28 @@ class _StepProgress:
 
 def train(regions: str, captions: str, out_dir: str | Path, cfg: ModelConfig,
           opts: TrainOptions) -> dict[str, Any]:
-    """Train a matcher from a regions file and a captions file into ``out_dir``."""
+    """Train a matcher from a regions file and a captions file into ``out_dir``; under
+    torchrun (or Slurm) in as many processes as it started (:mod:`smcli.training.distributed`)."""
+    out = Path(out_dir)
+    world = join_world(resolve_device(opts.device))  # one process unless torchrun or Slurm started several
+    try:
+        return _train_in(world, regions, captions, out, cfg, opts)
+    finally:
+        world.leave()
+
+
+def _train_in(world: World, regions: str, captions: str, out: Path, cfg: ModelConfig,
+              opts: TrainOptions) -> dict[str, Any]:
     from smcli.dataset import load_matching_data
 
-    out = Path(out_dir)
-    prepare_output(out, opts)
-    saved = resume_settings(out) if opts.resume else None
+    if world.is_main:
+        prepare_output(out, opts)
+    saved = world.broadcast_object(resume_settings(out) if opts.resume and world.is_main else None)
     if saved is not None:
         # a resumed run continues with the settings it started with
         cfg, saved_opts = saved
         opts = replace(saved_opts, device=opts.device)
-        say("train", f"resuming a {cfg.variant} ({cfg.text_encoder}) run with its saved settings")
+        if world.is_main:
+            say("train", f"resuming a {cfg.variant} ({cfg.text_encoder}) run with its saved settings")
     data = load_matching_data(regions, captions, with_regions=cfg.many_to_many)
-    return Trainer(data, out, cfg, opts).run()
+    return Trainer(data, out, cfg, opts, world=world).run()
