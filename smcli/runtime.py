@@ -60,6 +60,15 @@ def autocast(device: str, precision: str):
     return contextlib.nullcontext()
 
 
+def cache_root():
+    """Where smcli keeps what it derives from inputs (MiniLM states, mapped region grids):
+    $SMCLI_CACHE_DIR, else $XDG_CACHE_HOME/smcli (~/.cache/smcli)."""
+    from pathlib import Path
+
+    return Path(os.environ.get("SMCLI_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "smcli"))
+
+
 def cpu_cores() -> int:
     """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

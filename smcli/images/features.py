@@ -193,6 +193,18 @@ def _features(name: str, meta: dict[str, Any], table: pa.Table, regions: bool, o
     )
 
 
+def iter_region_grids(source: str | os.PathLike, batch_rows: int = 256) -> Iterator[tuple[list[str], np.ndarray]]:
+    """The region grids of a regions file (or finalized directory) a few rows at a time, in
+    file order: (image ids, grids [n, R, D]), checked as :func:`load_regions` checks them; the
+    whole column is never in memory at once (for files larger than memory)."""
+    stage = open_stage(source, "regions")
+    try:
+        for part in iter_regions(stage, batch_rows):
+            yield part.image_ids, part.regions
+    finally:
+        stage.close()
+
+
 def feature_signature(meta: dict[str, Any] | Any) -> dict[str, Any]:
     """What decides feature values: backbone, weights identity, pretrained, image_size,
     grid, dim, global_dim. Accepts a producer dict, a StageMeta, a StageInput or

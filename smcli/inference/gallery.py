@@ -269,7 +269,7 @@ def check_codec(codec: str) -> str:
     return codec
 
 
-class _NpyWriter:
+class NpyWriter:
     """A .npy file of known shape written front to back with plain writes (a writable
     memory map would count every page written in the process's RSS)."""
 
@@ -348,7 +348,7 @@ def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str],
     tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    writers: dict[str, _NpyWriter] = {}
+    writers: dict[str, NpyWriter] = {}
     emb_file = tmp / f"{EMB_SIDE}.npy"
     try:
         for chunk in side_chunks:
@@ -356,13 +356,13 @@ def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str],
                 if name not in writers:
                     shape = (n, *np.shape(arr)[1:])
                     if name == EMB_SIDE:
-                        writers[name] = _NpyWriter(emb_file, np.float32, shape)
+                        writers[name] = NpyWriter(emb_file, np.float32, shape)
                     elif codec == "int8":
-                        writers[name] = _NpyWriter(tmp / f"{name}.npy", np.int8, shape)
-                        writers[name + SCALE_SUFFIX] = _NpyWriter(tmp / f"{name}{SCALE_SUFFIX}.npy",
+                        writers[name] = NpyWriter(tmp / f"{name}.npy", np.int8, shape)
+                        writers[name + SCALE_SUFFIX] = NpyWriter(tmp / f"{name}{SCALE_SUFFIX}.npy",
                                                                   np.float16, shape[:-1])
                     else:
-                        writers[name] = _NpyWriter(tmp / f"{name}.npy", np.float16, shape)
+                        writers[name] = NpyWriter(tmp / f"{name}.npy", np.float16, shape)
                 if codec == "int8" and name != EMB_SIDE:
                     codes, scale = encode_int8(arr)
                     writers[name].write(codes)
@@ -379,7 +379,7 @@ def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str],
             source = (embeddings if isinstance(embeddings, np.ndarray)
                       else np.asarray(embeddings, dtype=np.float32))
             if spec.lossy and EMB_SIDE not in writers:
-                w = _NpyWriter(emb_file, np.float32, source.shape)
+                w = NpyWriter(emb_file, np.float32, source.shape)
                 for s in range(0, n, ADD_CHUNK):
                     w.write(read_range(source, s, s + ADD_CHUNK))
                 w.close()

@@ -51,9 +51,9 @@ class TokenStates:
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("SMCLI_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "smcli")
-    return Path(root) / "minilm"
+    from smcli.runtime import cache_root
+
+    return cache_root() / "minilm"
 
 
 @functools.lru_cache(maxsize=2)

@@ -74,6 +74,9 @@ class World:
         """This process's device: ``cuda`` means ``cuda:LOCAL_RANK`` when there are several."""
         if self.size == 1:
             return device
+        if device.startswith("cuda:"):
+            raise UsageError(f"--device {device}: with {self.size} processes each takes cuda:LOCAL_RANK; "
+                             "give --device cuda (or auto)")
         if device == "cuda":
             device = f"cuda:{self.local_rank}"
         if device.startswith("cuda"):
@@ -93,7 +96,7 @@ class World:
         start, stop = self.bounds(n)
         take = np.arange(start, stop)
         pad = -(-n // self.size) - len(take)
-        return np.concatenate([take, np.full(pad, min(start, n - 1))]) if pad else take
+        return np.concatenate([take, np.full(pad, max(start, stop - 1) if stop else 0)]) if pad else take
 
     def rows(self, n: int, device: str) -> torch.Tensor | None:
         """The batch positions whose loss terms this process adds (None: all, in one process)."""
@@ -184,13 +187,24 @@ class World:
             _collective(torch.distributed.barrier)
 
     @contextlib.contextmanager
-    def main_first(self) -> Iterator[None]:
-        """Process 0 runs the block before the others (it fills a cache the others then read)."""
-        if not self.is_main:
+    def main_first(self, local: bool = False) -> Iterator[None]:
+        """Process 0 (``local``: of each machine) runs the block before the others (it fills
+        a cache the others then read)."""
+        first = (self.local_rank if local else self.rank) == 0
+        if not first:
             self.barrier()
         yield
-        if self.is_main:
+        if first:
             self.barrier()
+
+    def quiet(self) -> contextlib.AbstractContextManager:
+        """Process 0 says the run's lines; the others' go nowhere (their errors still end them
+        with one line each)."""
+        if self.is_main:
+            return contextlib.nullcontext()
+        import io
+
+        return contextlib.redirect_stderr(io.StringIO())
 
     def dropout_seed(self, seed: int, epoch: int, step: int) -> None:
         """With several processes, dropout's generator is seeded from (seed, epoch, step,

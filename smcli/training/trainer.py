@@ -29,6 +29,7 @@ import torch
 from smcli.dataset import MatchingData, check_splits
 from smcli.errors import UsageError
 from smcli.evaluation.recall import RecallMetrics, recall_metrics
+from smcli.inference.gallery import read_rows
 from smcli.inference.scoring import (
     as_tensor,
     encode_images,
@@ -123,8 +124,9 @@ class Trainer:
         return store
 
     def _images(self, index: np.ndarray) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """The images' grids (sorted rows: from a memory map, one read each) and global vectors."""
         regions = self.data.regions
-        r = None if regions is None else as_tensor(regions[index], self.device)
+        r = None if regions is None else as_tensor(read_rows(regions, index), self.device)
         return r, as_tensor(self.data.global_[index], self.device)
 
     def _encode_batch(self, model, store, images: np.ndarray, idx: np.ndarray):
@@ -288,7 +290,7 @@ class Trainer:
         if opts.freeze_embedding:  # no dropout in the fixed head: it mines and scores
             model.embedding.eval()
             model.text_encoder.eval()
-        with _StepProgress(f"epoch {epoch + 1}", steps, progress["step"]) as bar:
+        with _StepProgress(f"epoch {epoch + 1}", steps, progress["step"], self.world.is_main) as bar:
             for step in range(progress["step"], steps):
                 idx = self.train_caps[order[step * opts.batch_size:(step + 1) * opts.batch_size].numpy()]
                 self.world.test_hook(epoch, step)
@@ -439,8 +441,8 @@ def _prefixed(m: RecallMetrics) -> dict[str, float]:
 class _StepProgress:
     """A rich progress line on a terminal (loss, pairs/s, ETA); silent in pipes."""
 
-    def __init__(self, label: str, total: int, done: int):
-        self.enabled = sys.stderr.isatty()
+    def __init__(self, label: str, total: int, done: int, shown: bool = True):
+        self.enabled = shown and sys.stderr.isatty()
         self.label, self.total, self.done = label, total, done
 
     def __enter__(self):
@@ -471,7 +473,8 @@ def train(regions: str, captions: str, out_dir: str | Path, cfg: ModelConfig,
     out = Path(out_dir)
     world = join_world(resolve_device(opts.device))  # one process unless torchrun or Slurm started several
     try:
-        return _train_in(world, regions, captions, out, cfg, opts)
+        with world.quiet():
+            return _train_in(world, regions, captions, out, cfg, opts)
     finally:
         world.leave()
 
@@ -489,5 +492,10 @@ def _train_in(world: World, regions: str, captions: str, out: Path, cfg: ModelCo
         opts = replace(saved_opts, device=opts.device)
         if world.is_main:
             say("train", f"resuming a {cfg.variant} ({cfg.text_encoder}) run with its saved settings")
-    data = load_matching_data(regions, captions, with_regions=cfg.many_to_many)
+    mapped = cfg.many_to_many and world.size > 1  # P processes, one copy of the grids a machine
+    data = load_matching_data(regions, captions, with_regions=cfg.many_to_many and not mapped)
+    if mapped:
+        from smcli.training.region_cache import mapped_regions
+
+        data.regions = mapped_regions(regions, data.image_ids, world)
     return Trainer(data, out, cfg, opts, world=world).run()
