@@ -26,6 +26,7 @@ figures depend on the machine and its load, which are printed with them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -104,15 +105,16 @@ def worker(args) -> None:
     distributed.World.sum_gradients = timed("grad_sum", distributed.World.sum_gradients)
     distributed.World.sum_values = timed("grad_sum", distributed.World.sum_values)
 
+    grids = contextlib.nullcontext()
     if args.synthetic:
         data, states, store_type = synthetic_data(args.synthetic)
     else:
         with world.quiet():
             data = load_matching_data(args.regions, args.captions, with_regions=world.size == 1)
-        if world.size > 1:
+        if world.size > 1:  # mapped once for the machine, as smcli train maps them
             from smcli.training.region_cache import mapped_regions
 
-            data.regions = mapped_regions(args.regions, data.image_ids, world)
+            grids = mapped_regions(args.regions, data.image_ids, world)
     rows = []
 
     class TimedTrainer(Trainer):
@@ -141,7 +143,9 @@ def worker(args) -> None:
     opts = TrainOptions(epochs=1, batch_size=args.batch_size, max_steps_per_epoch=args.warmup + args.steps,
                         device=args.device, precision=args.precision, val_shortlist=20, overwrite=True,
                         checkpoint_every=10**9)
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as out, grids as mapped:
+        if mapped is not None:
+            data.regions = mapped
         trainer = TimedTrainer(data, out, cfg, opts, log=lambda msg: None, world=world)
         trainer.run()
     world.leave()

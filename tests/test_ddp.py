@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -52,8 +53,22 @@ def torchrun(*args, env: dict[str, str] | None = None) -> tuple[int, str]:
     done = subprocess.run(["unshare", "-n", "sh", "-c", script], cwd=REPO, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, timeout=LIMIT_S + 60,
                           env=child_env({"GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1",
-                                         "TORCH_CPP_LOG_LEVEL": "ERROR", **(env or {})}))
+                                         "TORCH_CPP_LOG_LEVEL": "ERROR",
+                                         **(env or {})}))
     return done.returncode, done.stderr.decode("utf-8", "replace")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _own_cache(tmp_path_factory):
+    """This module's runs keep their MiniLM states and mapped grids in a cache of their own."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SMCLI_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+def mapped_grids() -> list[Path]:
+    """The memory-mapped region grids the runs left in their cache."""
+    return sorted((Path(os.environ["SMCLI_CACHE_DIR"]) / "regions").glob("*.npy"))
 
 
 def metrics(model_dir: Path) -> list[dict]:
@@ -118,6 +133,7 @@ def test_two_processes_train_the_model_one_process_trains(one_and_two, mine):
     best2 = json.loads((two / "config.json").read_text())["best"]
     assert best2 == pytest.approx(best1)
     assert not (two / "INCOMPLETE").exists()
+    assert mapped_grids() == []  # the run's memory-mapped grids went with it
 
 
 def test_naive_per_process_loss_trains_another_model(one_and_two, tmp_path):
@@ -146,13 +162,15 @@ def test_killed_process_is_recovered_by_resume(example_pipeline, tmp_path):
     progress = read_progress(out)
     assert (progress["epoch"], progress["step"]) == (1, 2), progress  # the mid-epoch checkpoint
     assert len(metrics(out)) == 1 and (out / "INCOMPLETE").is_file()
+    left = mapped_grids()
+    assert len(left) == 1  # kept for --resume, which maps it again
 
     rc, err = torchrun(*args, "-o", out, "--resume")
     assert rc == 0, err
     assert "resuming at epoch 2, step 2" in err
     assert metrics(out) == metrics(tmp_path / "straight")
     assert (out / "model.safetensors").read_bytes() == (tmp_path / "straight" / "model.safetensors").read_bytes()
-    assert not (out / "INCOMPLETE").exists()
+    assert not (out / "INCOMPLETE").exists() and mapped_grids() == []
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 27, 79])
@@ -170,20 +188,25 @@ def test_the_batch_is_split_into_consecutive_parts_of_one_padded_size(n, size):
     assert SINGLE.part(n) == slice(None) and SINGLE.rows(n, "cpu") is None
 
 
-def test_mapped_regions_are_the_files_grids_and_are_written_once(example_pipeline, tmp_path, monkeypatch):
+def test_mapped_regions_are_the_files_grids_for_as_long_as_the_run(example_pipeline, tmp_path, monkeypatch):
     from smcli.images.features import load_regions
     from smcli.training.region_cache import cache_path, mapped_regions
 
     monkeypatch.setenv("SMCLI_CACHE_DIR", str(tmp_path))
-    feats = load_regions(example_pipeline["feats"])
+    feats_path = str(example_pipeline["feats"])
+    feats = load_regions(feats_path)
     some = [feats.image_ids[i] for i in (1, 4, 5, 30)]
-    mapped = mapped_regions(str(example_pipeline["feats"]), some, SINGLE)
-    assert isinstance(mapped, np.memmap) and mapped.dtype == feats.regions.dtype
-    assert np.array_equal(mapped, feats.regions[[1, 4, 5, 30]])
-    written = cache_path(str(example_pipeline["feats"]), some).stat().st_mtime_ns
-    assert np.array_equal(mapped_regions(str(example_pipeline["feats"]), some, SINGLE), mapped)
-    assert cache_path(str(example_pipeline["feats"]), some).stat().st_mtime_ns == written
-    assert [p.name for p in (tmp_path / "regions").iterdir()] == [cache_path(str(example_pipeline["feats"]), some).name]
+    path = cache_path(feats_path, some)
+    with pytest.raises(RuntimeError), mapped_regions(feats_path, some, SINGLE) as mapped:
+        assert isinstance(mapped, np.memmap) and mapped.dtype == feats.regions.dtype
+        assert np.array_equal(mapped, feats.regions[[1, 4, 5, 30]])
+        written = path.stat().st_mtime_ns
+        raise RuntimeError("a run that fails")
+    assert path.stat().st_mtime_ns == written  # kept for --resume ...
+    with mapped_regions(feats_path, some, SINGLE) as again:  # ... which maps it without writing it again
+        assert path.stat().st_mtime_ns == written
+        assert np.array_equal(again, feats.regions[[1, 4, 5, 30]])
+    assert list((tmp_path / "regions").iterdir()) == []  # a run that ends well removes it
 
 
 def test_several_processes_without_a_rendezvous_address_is_one_line(example_pipeline, tmp_path, monkeypatch):

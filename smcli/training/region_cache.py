@@ -5,14 +5,17 @@ COCO: 6 GB; at 14x14 four times that), P copies on a machine running P processes
 local process 0 of each machine streams the grids of the images training uses into one .npy
 in the smcli cache (keyed by the file and the images), and every process maps it: the page
 cache holds one copy for the machine, and a step reads its images' rows with the gallery's
-row reader (:func:`smcli.inference.gallery.read_rows`: one pread per row).
+row reader (:func:`smcli.inference.gallery.read_rows`: one pread per row). The file lives
+as long as the run (a killed run's stays for --resume).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +34,19 @@ def cache_path(regions_path: str, image_ids: list[str]) -> Path:
     return cache_root() / "regions" / f"{key}.npy"
 
 
-def mapped_regions(regions_path: str, image_ids: list[str], world: World) -> np.ndarray:
-    """The grids of ``image_ids`` (in that order, which is the file's) as a read-only memory map."""
+@contextlib.contextmanager
+def mapped_regions(regions_path: str, image_ids: list[str], world: World) -> Iterator[np.ndarray]:
+    """The grids of ``image_ids`` (in that order, which is the file's) as a read-only memory
+    map, for the block. The file goes when the block ends well; after a failure it stays for
+    --resume to map again."""
     path = cache_path(regions_path, image_ids)
     with world.main_first(local=True):  # one writer a machine; the others wait, then map it
         if world.local_rank == 0 and not path.is_file():
             _write(regions_path, image_ids, path)
-    return np.load(path, mmap_mode="r")
+    yield np.load(path, mmap_mode="r")
+    world.barrier()  # every process is done with it
+    if world.local_rank == 0:
+        path.unlink(missing_ok=True)
 
 
 def _write(regions_path: str, image_ids: list[str], path: Path) -> None:

@@ -494,8 +494,10 @@ def _train_in(world: World, regions: str, captions: str, out: Path, cfg: ModelCo
             say("train", f"resuming a {cfg.variant} ({cfg.text_encoder}) run with its saved settings")
     mapped = cfg.many_to_many and world.size > 1  # P processes, one copy of the grids a machine
     data = load_matching_data(regions, captions, with_regions=cfg.many_to_many and not mapped)
-    if mapped:
-        from smcli.training.region_cache import mapped_regions
+    if not mapped:
+        return Trainer(data, out, cfg, opts, world=world).run()
+    from smcli.training.region_cache import mapped_regions
 
-        data.regions = mapped_regions(regions, data.image_ids, world)
-    return Trainer(data, out, cfg, opts, world=world).run()
+    with mapped_regions(regions, data.image_ids, world) as grids:
+        data.regions = grids
+        return Trainer(data, out, cfg, opts, world=world).run()
