@@ -74,11 +74,19 @@ def cpu_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def set_threads(threads: int | None) -> None:
-    """Torch's intra-op threads: ``threads``, or one per core."""
+@contextlib.contextmanager
+def torch_threads(threads: int | None):
+    """Torch's intra-op threads: ``threads``, or one per core, for a while. Restored after,
+    so that a command run from Python (or a test) leaves the next one the process's own
+    setting: thread counts change float rounding, hence a training run's bytes."""
     import torch
 
+    before = torch.get_num_threads()
     torch.set_num_threads(threads or cpu_cores())
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager

@@ -386,3 +386,24 @@ def test_progress_only_when_asked_in_a_pipe(tmp_path):
     assert rc == 0 and "img/s" not in err  # stderr is not a terminal: quiet
     rc, _, err = run_main("extract-regions", *files, "-o", out, *FAST, "--progress")
     assert rc == 0 and "img/s" in err and "2/2" in err
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_extract_from_python_leaves_the_process_torch_threads_alone(tmp_path, workers):
+    """extract-regions run in process (the Python API, tests) restores torch's thread count:
+    a later training in the same process trains with the process's own setting (thread
+    counts change float rounding; CI once saw a training differ from the same command in a
+    fresh process after an in-process --threads 1 run)."""
+    import torch
+
+    images = sorted((EXAMPLES / "images").glob("*.jpg"))[:3]
+    before = torch.get_num_threads()
+    other = 1 if before > 1 else 2
+    torch.set_num_threads(other)
+    try:
+        rc, _, err = run_main("extract-regions", *images, "--weights", "none", "--image-size", "64",
+                              "--workers", workers, "--threads", str(3 - other), "-o", tmp_path / "f.parquet")
+        assert rc == 0, err
+        assert torch.get_num_threads() == other
+    finally:
+        torch.set_num_threads(before)

@@ -44,7 +44,7 @@ from smcli.images.features import DTYPES, regions_schema
 from smcli.images.journal import Journal
 from smcli.images.sources import ImageItem
 from smcli.report import Progress, RunReport, say, warn
-from smcli.runtime import cpu_cores, one_thread, set_threads, tune_malloc
+from smcli.runtime import cpu_cores, one_thread, torch_threads, tune_malloc
 from smcli.stage import OutputTarget, StageWriter, new_meta
 
 COMMAND = "extract-regions"
@@ -189,8 +189,17 @@ class _CollateAndRun:
 
     def __call__(self, samples) -> _Decoded:
         import torch
+        from torch.utils.data import get_worker_info
 
-        torch.set_num_threads(1)
+        if get_worker_info() is None:  # --workers 0: this process, one thread for this batch only
+            with one_thread():
+                return self._run(samples)
+        torch.set_num_threads(1)  # a worker process: for good
+        return self._run(samples)
+
+    def _run(self, samples) -> _Decoded:
+        import torch
+
         dec = _collate(samples)
         if dec.images is not None:
             regions, glob_ = _run_network(self.backbone, dec.images, self.np_dtype, self.chunk)
@@ -284,13 +293,21 @@ def run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractO
     ``before_commit(writer, counts)`` runs once every row is written, before the output is
     committed (a shard writes its error report and its counts there); ``on_batch()`` after
     every batch written."""
+    with torch_threads(opts.threads):
+        return _run_extract(items, target, opts, report, backbone, before_commit=before_commit, on_batch=on_batch)
+
+
+def _run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: ExtractOptions,
+                report: RunReport, backbone: Backbone | None = None, *,
+                before_commit: Callable[[StageWriter, dict[str, int]], None] | None = None,
+                on_batch: Callable[[], None] | None = None) -> dict[str, int]:
+    """run_extract's work, at the torch threads it set."""
     import torch
 
     auto_batch = opts.batch_size is None
     _check_options(opts)
     if opts.resume and target.path is None:
         raise UsageError("--resume needs an output file (-o FILE); a stream cannot be resumed")
-    set_threads(opts.threads)
     tune_malloc()
     if backbone is None:
         backbone = load_backbone_for(opts)
