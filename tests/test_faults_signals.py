@@ -254,6 +254,31 @@ cli.main()
     assert proc.returncode == code and proc.stderr.strip() == line, proc.stderr
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_an_error_while_a_signal_unwinds_the_run_still_ends_as_the_signal(sig):
+    """Cleanup that fails after a signal (CI once saw extract-regions end with "smcli: error:
+    Bad file descriptor", exit 1, after a SIGTERM at start-up) does not hide the signal: the
+    user stopped the run, and is told so with the signal's exit code."""
+    code = f"""
+import errno, os, sys, time
+sys.argv = ["smcli", "models"]
+import smcli.cli as cli
+def run():
+    try:
+        os.kill(os.getpid(), {int(sig)})
+        time.sleep(5)
+    finally:
+        raise OSError(errno.EBADF, "Bad file descriptor")
+cli.app = lambda standalone_mode: run()
+cli.main()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(None), capture_output=True,
+                          text=True, timeout=60)
+    code, line = (EXIT_INTERRUPTED, "smcli: interrupted") if sig == signal.SIGINT else \
+        (EXIT_TERMINATED, "smcli: terminated")
+    assert proc.returncode == code and proc.stderr.strip() == line, proc.stderr
+
+
 # ---------------------------------------------------------------------------------------
 # Broken pipes: every command that writes to stdout
 

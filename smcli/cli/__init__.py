@@ -30,7 +30,7 @@ class Terminated(KeyboardInterrupt):
     files removed, workers stopped, resume journals kept)."""
 
 
-_signalled: list[int] = []  # SIGTERM seen (typer may turn the exception into a plain Exit(130))
+_signalled: list[int] = []  # SIGINT/SIGTERM seen (typer may turn the exception into a plain Exit(130))
 
 
 def _quiet_unraisable(unraisable) -> None:
@@ -70,6 +70,7 @@ def _on_sigterm(signum, frame) -> None:
 
 
 def _on_sigint(signum, frame) -> None:
+    _signalled.append(signum)
     sys.unraisablehook = _quiet_unraisable
     raise KeyboardInterrupt()
 
@@ -108,9 +109,14 @@ def _main() -> None:
         from click import exceptions as click_exc
 
     try:
-        # standalone_mode=False: click hands usage errors, a broken pipe and Ctrl-C to us
-        # instead of printing a boxed usage message or exiting 1 on EPIPE.
-        rv = app(standalone_mode=False)
+        try:
+            # standalone_mode=False: click hands usage errors, a broken pipe and Ctrl-C to us
+            # instead of printing a boxed usage message or exiting 1 on EPIPE.
+            rv = app(standalone_mode=False)
+        except Exception:
+            if _signalled:  # stopped by a signal: what failed while the run unwound is its consequence
+                raise (Terminated() if _sigterm_seen() else KeyboardInterrupt()) from None
+            raise
     except StdoutClosed:
         _quiet_broken_pipe()
         sys.exit(EXIT_BROKEN_PIPE)
@@ -132,7 +138,7 @@ def _main() -> None:
         _stderr_line(f"smcli: error: {message}{hint}")
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort) as exc:
-        if _signalled or isinstance(exc, Terminated):
+        if _sigterm_seen() or isinstance(exc, Terminated):
             _stderr_line("smcli: terminated")
             sys.exit(EXIT_TERMINATED)
         _stderr_line("smcli: interrupted")
@@ -146,12 +152,18 @@ def _main() -> None:
         where = f": {exc.filename}" if exc.filename else ""
         _stderr_line(f"smcli: error: {exc.strerror or first_line(exc)}{where}")
         sys.exit(EXIT_ERROR)
-    if rv == EXIT_INTERRUPTED and _signalled:  # typer turns Ctrl-C (and so SIGTERM) into Exit(130)
+    if rv == EXIT_INTERRUPTED and _sigterm_seen():  # typer turns Ctrl-C (and so SIGTERM) into Exit(130)
         _stderr_line("smcli: terminated")
         sys.exit(EXIT_TERMINATED)
     if rv == EXIT_INTERRUPTED:
         _stderr_line("smcli: interrupted")
     sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _sigterm_seen() -> bool:
+    import signal
+
+    return signal.SIGTERM in _signalled
 
 
 def _stderr_line(line: str) -> None:
