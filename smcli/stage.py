@@ -141,7 +141,7 @@ class StageInput:
 
     def read(self, columns: Iterable[str] | None = None) -> pa.Table:
         try:
-            return self.parquet.read(columns=list(columns) if columns is not None else None)
+            return _valid_text(self.parquet.read(columns=list(columns) if columns is not None else None))
         except (pa.ArrowException, OSError) as exc:  # damaged pages: bad compression, bad encoding
             raise self._damaged(exc) from None
 
@@ -150,7 +150,8 @@ class StageInput:
     ) -> Iterator[pa.RecordBatch]:
         cols = list(columns) if columns is not None else None
         try:
-            yield from self.parquet.iter_batches(batch_size=batch_size, columns=cols)
+            for batch in self.parquet.iter_batches(batch_size=batch_size, columns=cols):
+                yield _valid_text(batch)
         except (pa.ArrowException, OSError) as exc:
             raise self._damaged(exc) from None
 
@@ -161,6 +162,15 @@ class StageInput:
         self.parquet.close()
         if self._spool is not None:
             self._spool.close()
+
+
+def _valid_text(data: pa.Table | pa.RecordBatch) -> pa.Table | pa.RecordBatch:
+    """``data``, its text columns checked for valid UTF-8 (pyarrow reads Parquet strings as
+    bytes; a damaged page would fail later, in Python, with a UnicodeDecodeError)."""
+    for i, col in enumerate(data.schema):
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            data.column(i).validate(full=True)  # pa.ArrowInvalid, reported as damaged data
+    return data
 
 
 def _open_parquet(path: str | os.PathLike) -> tuple[pq.ParquetFile, IO[bytes] | None]:
@@ -186,7 +196,7 @@ def _open_parquet(path: str | os.PathLike) -> tuple[pq.ParquetFile, IO[bytes] | 
         raise InputError(f"{name}: {what}")
     try:
         return pq.ParquetFile(source), spool
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:  # the footer's names: UTF-8 too
         raise InputError(f"{name}: unreadable Parquet ({first_line(exc)}); truncated?") from None
 
 
@@ -231,7 +241,7 @@ class PartsInput(StageInput):
 
     def read(self, columns: Iterable[str] | None = None) -> pa.Table:
         try:
-            return self.dataset.to_table(columns=list(columns) if columns is not None else None)
+            return _valid_text(self.dataset.to_table(columns=list(columns) if columns is not None else None))
         except (pa.ArrowException, OSError) as exc:
             raise self._damaged(exc) from None
 
@@ -240,7 +250,7 @@ class PartsInput(StageInput):
         try:
             for batch in self.dataset.to_batches(columns=cols, batch_size=batch_size):
                 if batch.num_rows:
-                    yield batch
+                    yield _valid_text(batch)
         except (pa.ArrowException, OSError) as exc:
             raise self._damaged(exc) from None
 
@@ -250,7 +260,7 @@ class PartsInput(StageInput):
         cols = list(columns)
         wanted = pa.array(sorted(set(values)), pa.string())
         try:
-            return self.dataset.to_table(columns=cols, filter=pc.field(key).isin(wanted))
+            return _valid_text(self.dataset.to_table(columns=cols, filter=pc.field(key).isin(wanted)))
         except (pa.ArrowException, OSError) as exc:
             raise self._damaged(exc) from None
 

@@ -523,3 +523,53 @@ def test_gallery_with_any_meta(scoring, small_gallery, tmp_path):
 
     prop()
 
+
+
+# ---------------------------------------------------------------------------------------
+# Defects the long version found (2026-12-01), each as a fixed case in the short version
+
+
+def _text_with_bad_utf8(values: list[bytes]) -> pa.Array:
+    """A string column holding these bytes as they are (pyarrow's view does not check them),
+    as a damaged Parquet page would give them back."""
+    return pa.array(values, pa.binary()).view(pa.string())
+
+
+def test_regions_with_invalid_utf8_text_are_refused(small_regions, tmp_path):
+    from smcli.images.features import load_regions
+
+    table = pq.read_table(small_regions)
+    ids = _text_with_bad_utf8([b"a.jpg", b"\xe9.jpg", b"c.jpg"])
+    damaged = tmp_path / "feats.parquet"
+    pq.write_table(table.set_column(table.schema.get_field_index("image_id"), "image_id", ids), damaged)
+    with pytest.raises(SmcliError, match="feats.parquet: unreadable Parquet data"):
+        load_regions(damaged)
+
+
+def test_captions_parquet_with_invalid_utf8_text_is_refused(tmp_path):
+    from smcli.report import RunReport
+    from smcli.text.readers import ColumnNames, read_parquet
+
+    path = tmp_path / "caps.parquet"
+    pq.write_table(pa.table({"image": ["a.jpg", "b.jpg"], "caption": _text_with_bad_utf8([b"a dog", b"\x80 cat"])}),
+                   path)
+    with pytest.raises(SmcliError, match="caps.parquet: unreadable Parquet"):
+        list(read_parquet("caps.parquet", path.read_bytes(), RunReport("tokenize"), ColumnNames()))
+
+
+@pytest.mark.parametrize("change", ["no sides", "a side missing", "int8 rows called float16"])
+def test_gallery_meta_that_does_not_match_its_files_is_refused(scoring, small_gallery, tmp_path, change):
+    """A meta.json without its "sides" once passed the checks and failed in the matcher with
+    an AttributeError; int8 rows with the codec said to be float16 were read unscaled."""
+    g = tmp_path / "g"
+    shutil.copytree(small_gallery, g)
+    meta = json.loads((g / "meta.json").read_text())
+    if change == "no sides":
+        del meta["sides"]
+    elif change == "a side missing":
+        meta["sides"] = meta["sides"][1:]
+    else:
+        meta["codec"] = "float16"
+    (g / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SmcliError, match="damaged smcli index"):
+        _search(scoring[0], g)

@@ -443,6 +443,10 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
             or not all(isinstance(x, str) for x in meta.get("sides", []))
             or not isinstance(meta.get("index") or {}, dict) or not isinstance(meta.get("images", 0), int)):
         raise InputError(f"{damaged} ({META_FILE} is not the meta of a gallery); rebuild it with smcli index")
+    on_disk = sorted(p.stem for p in d.glob("*.npy") if not p.stem.endswith(SCALE_SUFFIX))
+    if sorted(meta.get("sides", [])) != on_disk:  # the list is the record of what the model needs
+        raise InputError(f"{damaged} ({META_FILE} lists sides {sorted(meta.get('sides', []))}, the directory "
+                         f"holds {on_disk}); rebuild it with smcli index")
     what = IDS_FILE
     try:
         ids = pq.read_table(d / IDS_FILE)
@@ -454,6 +458,8 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
         for name in meta.get("sides", []):
             what = f"{name}.npy"
             sides[name] = _load_npy(d / what)
+            if sides[name].dtype == np.int8 and codec != "int8":
+                raise ValueError(f"int8 rows, but {META_FILE} says codec {codec!r}")
             if codec == "int8" and sides[name].dtype == np.int8:
                 what = f"{name}{SCALE_SUFFIX}.npy"
                 scales[name] = _load_npy(d / what)

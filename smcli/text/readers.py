@@ -236,7 +236,8 @@ def read_parquet(name: str, data: bytes, report: RunReport, columns: ColumnNames
 
     try:
         table = pq.read_table(pa.BufferReader(data))
-    except (pa.ArrowException, OSError) as exc:  # truncated, damaged pages, bad thrift
+        table.validate(full=True)  # text columns' UTF-8 (a damaged page would fail in to_pylist)
+    except (pa.ArrowException, OSError, UnicodeDecodeError) as exc:  # truncated, damaged pages, bad thrift
         raise InputError(f"{name}: unreadable Parquet ({first_line(exc, 100)})") from None
     header = table.column_names
 
