@@ -89,19 +89,9 @@ def torch_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
-@contextlib.contextmanager
 def one_thread(enabled: bool = True):
     """Torch on one thread for a while (thread counts change float rounding in oneDNN)."""
-    import torch
-
-    before = torch.get_num_threads()
-    if enabled:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if enabled:
-            torch.set_num_threads(before)
+    return torch_threads(1) if enabled else contextlib.nullcontext()
 
 
 def tune_malloc() -> None:

@@ -165,6 +165,22 @@ def run_main(
     return rc, out_bytes.getvalue(), stderr.getvalue()
 
 
+def journal_rows(journal: Path) -> int:
+    """Rows in an extract-regions / read-text resume journal (whole batches only, as
+    --resume reads it)."""
+    import pyarrow as pa
+
+    n = 0
+    for seg in sorted(journal.glob("seg-*.arrows")):
+        try:
+            reader = pa.ipc.open_stream(pa.OSFile(str(seg), "r"))
+            while True:
+                n += reader.read_next_batch().num_rows
+        except (StopIteration, pa.ArrowInvalid, OSError):
+            pass
+    return n
+
+
 def imported_modules(importtime_stderr: str) -> set[str]:
     """Module names from the ``-X importtime`` lines of a child's stderr."""
     names = set()

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLES, assert_one_line_error, run_main, run_smcli
+from conftest import EXAMPLES, assert_one_line_error, journal_rows, run_main, run_smcli
 from PIL import Image
 from test_extract_decode import make_bad_images
 
@@ -302,18 +302,6 @@ def test_help_does_not_import_torch():
 # Resume
 
 
-def _journal_rows(journal_dir: Path) -> int:
-    n = 0
-    for seg in sorted(journal_dir.glob("seg-*.arrows")):
-        try:
-            reader = pa.ipc.open_stream(pa.OSFile(str(seg), "r"))
-            while True:
-                n += reader.read_next_batch().num_rows
-        except (StopIteration, pa.ArrowInvalid, OSError):
-            pass
-    return n
-
-
 def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     d = tmp_path / "imgs"
     some_images(d, 24)
@@ -331,13 +319,13 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and _journal_rows(journal) < 6:
+    while time.time() < deadline and proc.poll() is None and journal_rows(journal) < 6:
         time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
-    done = _journal_rows(journal)
+    done = journal_rows(journal)
     assert 6 <= done < 24
 
     rc, _, err = run_main(*args, "-o", out, "--resume")

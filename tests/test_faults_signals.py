@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import EXAMPLES, REPO, child_env, faults_long, run_main
+from conftest import EXAMPLES, REPO, child_env, faults_long, journal_rows, run_main
 from test_faults import temporaries
 
 from smcli.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, EXIT_TERMINATED
@@ -43,19 +42,6 @@ def photos(d: Path, n: int) -> Path:
         src = IMAGES[i % len(IMAGES)]
         shutil.copy(src, d / (src.name if i < len(IMAGES) else f"copy{i:03d}_{src.name}"))
     return d
-
-
-def journal_rows(journal: Path) -> int:
-    """Rows in an extract-regions resume journal (whole batches only, as --resume reads it)."""
-    n = 0
-    for seg in sorted(journal.glob("seg-*.arrows")):
-        try:
-            reader = pa.ipc.open_stream(pa.OSFile(str(seg), "r"))
-            while True:
-                n += reader.read_next_batch().num_rows
-        except (StopIteration, pa.ArrowInvalid, OSError):
-            pass
-    return n
 
 
 def start(args, **kwargs) -> subprocess.Popen:
@@ -198,6 +184,20 @@ if faults_long():
     POINTS["late"] = lambda journal: journal_rows(journal) >= 18
 
 
+def signal_end(sig: int) -> tuple[int, str]:
+    """The exit code and the one closing line of a run stopped by ``sig``."""
+    return (EXIT_INTERRUPTED, "smcli: interrupted") if sig == signal.SIGINT else (EXIT_TERMINATED, "smcli: terminated")
+
+
+def run_cli_over(body: str) -> subprocess.CompletedProcess:
+    """``smcli.cli.main()`` in a fresh interpreter, its command replaced by ``run()`` as
+    ``body`` defines it (os, errno, sys and time imported)."""
+    code = "import errno, os, sys, time\nsys.argv = ['smcli', 'models']\nimport smcli.cli as cli\n" + body + \
+        "\ncli.app = lambda standalone_mode: run()\ncli.main()\n"
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(None), capture_output=True,
+                          text=True, timeout=60)
+
+
 @pytest.mark.parametrize("point", list(POINTS))
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_extract_interrupted_by_a_signal(tmp_path, sig, point):
@@ -209,8 +209,7 @@ def test_extract_interrupted_by_a_signal(tmp_path, sig, point):
     os.kill(proc.pid, sig)
     err = proc.stderr.read().decode()
     rc = proc.wait(timeout=120)
-    code, line = (EXIT_INTERRUPTED, "smcli: interrupted") if sig == signal.SIGINT else \
-        (EXIT_TERMINATED, "smcli: terminated")
+    code, line = signal_end(sig)
     assert rc == code, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == line, err
     assert all(ln.startswith("smcli") for ln in err.strip().splitlines()), err
@@ -230,10 +229,7 @@ def test_a_signal_that_lands_in_a_finaliser_is_not_lost(sig):
     """A signal arriving while a __del__ runs raises there, where Python drops exceptions:
     smcli sends it again so that the program still stops (CI once saw extract-regions run
     to the end after a SIGTERM at start-up)."""
-    code = f"""
-import os, signal, sys, time
-sys.argv = ["smcli", "models"]
-import smcli.cli as cli
+    proc = run_cli_over(f"""
 class Finaliser:
     def __del__(self):
         os.kill(os.getpid(), {int(sig)})
@@ -243,13 +239,8 @@ def run():
     for _ in range(200):
         time.sleep(0.005)
     print("the run went on")
-cli.app = lambda standalone_mode: run()
-cli.main()
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(None), capture_output=True,
-                          text=True, timeout=60)
-    code, line = (EXIT_INTERRUPTED, "smcli: interrupted") if sig == signal.SIGINT else \
-        (EXIT_TERMINATED, "smcli: terminated")
+""")
+    code, line = signal_end(sig)
     assert "the run went on" not in proc.stdout
     assert proc.returncode == code and proc.stderr.strip() == line, proc.stderr
 
@@ -259,23 +250,15 @@ def test_an_error_while_a_signal_unwinds_the_run_still_ends_as_the_signal(sig):
     """Cleanup that fails after a signal (CI once saw extract-regions end with "smcli: error:
     Bad file descriptor", exit 1, after a SIGTERM at start-up) does not hide the signal: the
     user stopped the run, and is told so with the signal's exit code."""
-    code = f"""
-import errno, os, sys, time
-sys.argv = ["smcli", "models"]
-import smcli.cli as cli
+    proc = run_cli_over(f"""
 def run():
     try:
         os.kill(os.getpid(), {int(sig)})
         time.sleep(5)
     finally:
         raise OSError(errno.EBADF, "Bad file descriptor")
-cli.app = lambda standalone_mode: run()
-cli.main()
-"""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(None), capture_output=True,
-                          text=True, timeout=60)
-    code, line = (EXIT_INTERRUPTED, "smcli: interrupted") if sig == signal.SIGINT else \
-        (EXIT_TERMINATED, "smcli: terminated")
+""")
+    code, line = signal_end(sig)
     assert proc.returncode == code and proc.stderr.strip() == line, proc.stderr
 
 

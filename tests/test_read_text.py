@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import assert_one_line_error, run_main
+from conftest import assert_one_line_error, journal_rows, run_main
 from PIL import Image, ImageDraw, ImageFont
 
 pytest.importorskip("rapidocr_onnxruntime", reason="the OCR engine (pip install 'smcli[ocr]') is not installed")
@@ -123,12 +123,6 @@ def test_bad_arguments_and_a_missing_engine_are_one_line(tmp_path, monkeypatch):
     assert not out.exists()
 
 
-def _journal_rows(journal: Path) -> int:
-    from test_extract import _journal_rows as rows
-
-    return rows(journal)
-
-
 def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
     d = tmp_path / "imgs"
     d.mkdir()
@@ -147,17 +141,17 @@ def test_resume_after_kill_equals_an_uninterrupted_run(tmp_path):
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and _journal_rows(journal) < 4:
+    while time.time() < deadline and proc.poll() is None and journal_rows(journal) < 4:
         time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
-    done = _journal_rows(journal)
+    done = journal_rows(journal)
     assert 4 <= done < 14
     rc, _, err = run_main(*args, "-o", out, "--resume", "--detector-side", "320")
     assert_one_line_error(rc, err, "--resume", "other settings", "detector_side")
-    assert _journal_rows(journal) == done, "a refused resume keeps the journal"
+    assert journal_rows(journal) == done, "a refused resume keeps the journal"
 
     rc, _, err = run_main(*args, "-o", out, "--resume")
     assert rc == 0, err
@@ -194,7 +188,7 @@ def test_a_stopped_run_leaves_no_worker_behind(tmp_path, how):
                             stderr=subprocess.PIPE, env=dict(os.environ, PYTHONUNBUFFERED="1"))
     journal = tmp_path / f".{out.name}.resume"
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and _journal_rows(journal) < 2:
+    while time.time() < deadline and proc.poll() is None and journal_rows(journal) < 2:
         time.sleep(0.01)
     assert proc.poll() is None, "the run finished before it could be stopped"
     proc.send_signal(getattr(signal, how))
@@ -206,4 +200,4 @@ def test_a_stopped_run_leaves_no_worker_behind(tmp_path, how):
     while time.time() < deadline and _processes_naming(str(out)):
         time.sleep(0.2)
     assert _processes_naming(str(out)) == [], "worker processes outlived the run"
-    assert not out.exists() and _journal_rows(journal) >= 2
+    assert not out.exists() and journal_rows(journal) >= 2

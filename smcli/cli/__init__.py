@@ -7,7 +7,9 @@ in the library (``smcli.text``, ``smcli.images``, ...), imported inside each com
 
 from __future__ import annotations
 
+import _thread
 import os
+import signal
 import sys
 
 from smcli.cli.app import StdoutClosed, app
@@ -42,9 +44,6 @@ def _quiet_unraisable(unraisable) -> None:
     or a weakref callback runs, the handler raises inside it and Python drops the exception,
     so the run would go on as if never signalled. Then the signal is sent again, to be
     raised in the main program once the finaliser has returned."""
-    import _thread
-    import signal
-
     if isinstance(unraisable.exc_value, KeyboardInterrupt):
         # From another thread, a moment later, so that the handler runs in the main program
         # after this hook and the finaliser have returned (raised here, it would be dropped
@@ -77,8 +76,6 @@ def _on_sigint(signum, frame) -> None:
 
 def main() -> None:
     """Console entry point: one error line and an exit code, never a traceback."""
-    import signal
-
     try:
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
         previous_int = (signal.signal(signal.SIGINT, _on_sigint)
@@ -161,8 +158,6 @@ def _main() -> None:
 
 
 def _sigterm_seen() -> bool:
-    import signal
-
     return signal.SIGTERM in _signalled
 
 

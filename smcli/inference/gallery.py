@@ -460,7 +460,7 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
             sides[name] = _load_npy(d / what)
             if sides[name].dtype == np.int8 and codec != "int8":
                 raise ValueError(f"int8 rows, but {META_FILE} says codec {codec!r}")
-            if codec == "int8" and sides[name].dtype == np.int8:
+            if sides[name].dtype == np.int8:
                 what = f"{name}{SCALE_SUFFIX}.npy"
                 scales[name] = _load_npy(d / what)
                 if scales[name].shape != sides[name].shape[:-1]:
