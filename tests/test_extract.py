@@ -395,3 +395,24 @@ def test_extract_from_python_leaves_the_process_torch_threads_alone(tmp_path, wo
         assert torch.get_num_threads() == other
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("existed", [False, True], ids=["new", "left-by-an-earlier-run"])
+def test_a_signal_while_the_journal_is_locked_leaves_no_new_folder(tmp_path, monkeypatch, existed):
+    """Ctrl-C or SIGTERM inside Journal.lock (after its folder is made, before the lock is
+    held: CI saw extract-regions leave an empty .NAME.resume after SIGINT at start-up) removes
+    the folder it made, and never one that was there before."""
+    from smcli.images import journal as journal_mod
+
+    j = journal_mod.Journal(tmp_path / "feats.parquet")
+    if existed:
+        j.dir.mkdir()
+        (j.dir / "seg-00000.arrows").write_bytes(b"")
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(journal_mod.fcntl, "lockf", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        j.lock()
+    assert j.dir.is_dir() == existed and not j.locked

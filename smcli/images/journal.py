@@ -34,17 +34,29 @@ class Journal:
         self.locked = False  # this run holds the journal's lock (and so owns its temporaries)
 
     def lock(self) -> None:
-        self.dir.mkdir(exist_ok=True)
-        self._lock_fh = open(self.dir / "lock", "a+")
+        """Create the journal's folder if need be and take its lock. Interrupted on the way
+        (a signal at start-up), a folder this call created is removed again: the caller,
+        which never saw the lock taken, could not tell it from another run's."""
+        created = not self.dir.is_dir()
         try:
-            # A POSIX record lock: held by this process only (not by the forked decoding
-            # workers, which may outlive a killed run by a few seconds), freed when it dies.
-            fcntl.lockf(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._lock_fh.close()
-            self._lock_fh = None
-            raise UsageError(f"{self.out}: another run is writing it") from None
-        self.locked = True
+            self.dir.mkdir(exist_ok=True)
+            self._lock_fh = open(self.dir / "lock", "a+")
+            try:
+                # A POSIX record lock: held by this process only (not by the forked decoding
+                # workers, which may outlive a killed run by a few seconds), freed when it dies.
+                fcntl.lockf(self._lock_fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._lock_fh.close()
+                self._lock_fh = None
+                raise UsageError(f"{self.out}: another run is writing it") from None
+            self.locked = True
+        except BaseException as exc:
+            if created and not isinstance(exc, UsageError) and not self.locked:
+                if self._lock_fh is not None:
+                    self._lock_fh.close()
+                    self._lock_fh = None
+                shutil.rmtree(self.dir, ignore_errors=True)
+            raise
 
     def segments(self) -> list[Path]:
         return sorted(self.dir.glob("seg-*.arrows"))
