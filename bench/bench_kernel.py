@@ -2,6 +2,7 @@
 
     python bench/bench_kernel.py                      # about 3-4 minutes on a 2-core box
     python bench/bench_kernel.py --profile            # plus torch.profiler's top operators
+    python bench/bench_kernel.py --train-only         # only the training steps (old, kernel work, now)
 
 Model: the Flickr8k benchmark sizes (smlstm, attention "context", inst 256, att 128, sim 256,
 hidden 256, 3 steps, 7x7 = 49 regions of 1280-d, MiniLM 384-d word pieces, fuse_global,
@@ -62,11 +63,11 @@ KERNELS = {
 
 
 # -- inputs ---------------------------------------------------------------------------------
-def build_model(train: bool = False):
+def build_model(train: bool = False, dropout_draw: str = "bits16"):
     torch.manual_seed(0)
     cfg = ModelConfig(variant="smlstm", text_encoder="minilm", inst_dim=256, att_dim=128, sim_dim=256,
                       hidden_dim=256, ctx_dim=256, steps=3, img_dim=1280, local_skip=True,
-                      fuse_global=True, dropout=0.3)
+                      fuse_global=True, dropout=0.3, dropout_draw=dropout_draw)
     model = create_model(cfg)
     return model.train() if train else model.eval()
 
@@ -158,10 +159,11 @@ def exhaustive(model, grid_fn, img, txt, pairs_per_chunk: int, cap_block: int = 
 
 
 def train_step_times(kernel: str, steps: int, warmup: int = 2, B: int = 128, k: int = 4, n_img: int = 120,
-                     profile: bool = False):
+                     profile: bool = False, dropout_draw: str = "bits16"):
     """Median time of a training step of the matcher (as `smcli train` runs the re-ranker: the
-    embedding head frozen, negatives given, dropout 0.3 on regions and words)."""
-    model = build_model(train=True)
+    embedding head frozen, negatives given, dropout 0.3 on regions and words, its masks drawn
+    as ``dropout_draw`` says)."""
+    model = build_model(train=True, dropout_draw=dropout_draw)
     model.embedding.requires_grad_(False)
     model.embedding.eval()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
@@ -195,9 +197,25 @@ def train_step_times(kernel: str, steps: int, warmup: int = 2, B: int = 128, k: 
             times.append(time.perf_counter() - t)
     if prof is not None:
         prof.__exit__(None, None, None)
-        print(f"\n{kernel} kernel, one training step:")
-        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14))
+        print(f"\n{kernel} kernel, {dropout_draw} dropout draw, one training step:")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     return statistics.median(times), len(ii)
+
+
+def train_steps(args, bound_at_end: bool = True) -> None:
+    """The training step before the issue (old kernel, bernoulli masks), after the kernel work
+    (new kernel, bernoulli masks) and now (new kernel, bits16 masks: smcli/models/dropout.py)."""
+    print("\ntraining step (encode + score_pairs forward/backward + AdamW), 128 captions x (1 + 4 + 4) pairs")
+    print("| kernel | dropout draw | median step | pairs/s | speed-up over the first row |")
+    print("|---|---|---|---|---|")
+    first = None
+    for kernel, draw in (("old", "bernoulli"), ("new", "bernoulli"), ("new", "bits16")):
+        med, n = train_step_times(kernel, args.train_steps, profile=args.profile, dropout_draw=draw)
+        first = first or med
+        print(f"| {kernel} | {draw} | {med * 1000:.0f} ms | {n / med:,.0f} | {first / med:.2f}x |", flush=True)
+    if bound_at_end:
+        print(f"matmul bound again at the end: {matmul_gflops():.1f} GFLOP/s")
+        print(f"# load average at end {os.getloadavg()[0]:.2f}; other smcli jobs: {background()}")
 
 
 def background() -> str:
@@ -218,6 +236,7 @@ def main() -> None:
     ap.add_argument("--train-steps", type=int, default=6)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of each kernel")
+    ap.add_argument("--train-only", action="store_true", help="only the training steps (and the matmul bound)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -230,6 +249,8 @@ def main() -> None:
     bound = matmul_gflops()
     print(f"matmul bound: {bound:.1f} GFLOP/s (2048^3 fp32, best of 8)")
 
+    if args.train_only:
+        return train_steps(args)
     model = build_model()
     cfg = model.cfg
     mean_words = float(np.dot(np.arange(len(TEST_PIECES)), TEST_PIECES) / sum(TEST_PIECES))
@@ -273,15 +294,7 @@ def main() -> None:
     print(f"max |new - old| score over the grid: {diff:.2e}; images whose top-10 captions (in order) are the "
           f"same as the old kernel's: {same:.1%}")
 
-    print("\ntraining step (encode + score_pairs forward/backward + AdamW), 128 captions x (1 + 4 + 4) pairs")
-    print("| kernel | median step | pairs/s |")
-    print("|---|---|---|")
-    step_times = {}
-    for kernel in ("old", "new"):
-        med, n = train_step_times(kernel, args.train_steps, profile=args.profile)
-        step_times[kernel] = med
-        print(f"| {kernel} | {med * 1000:.0f} ms | {n / med:,.0f} |", flush=True)
-    print(f"training step speed-up: {step_times['old'] / step_times['new']:.2f}x")
+    train_steps(args, bound_at_end=False)
     print(f"matmul bound again at the end: {matmul_gflops():.1f} GFLOP/s (the % above use the first figure)")
     print(f"# load average at end {os.getloadavg()[0]:.2f}; other smcli jobs: {background()}")
 

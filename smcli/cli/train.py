@@ -84,6 +84,10 @@ def train_cmd(
         "emb_weight", "--emb-weight", help="Weight of the one-to-one embedding loss beside the matcher's.",
         model=False),
     dropout: float | None = _opt("dropout", "--dropout", help="Dropout on region and word projections."),
+    dropout_draw: str | None = _opt(
+        "dropout_draw", "--dropout-draw",
+        help="How dropout masks are drawn: bits16 (cheap on the CPU) | bernoulli (nn.Dropout's; "
+             "models saved before this option). Same distribution, different masks for a seed."),
     emb_dropout: float | None = _opt("emb_dropout", "--emb-dropout", help="Dropout in the one-to-one embedding head."),
     weight_decay: float | None = _opt("weight_decay", "--weight-decay", help="AdamW weight decay.", model=False),
     init: str | None = typer.Option(
@@ -119,8 +123,9 @@ def train_cmd(
     cfg, opts = split_options(
         variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, steps=steps, inst_dim=inst_dim,
         sim_dim=sim_dim, att_dim=att_dim, hidden_dim=hidden_dim, emb_dim=emb_dim, score_head=score_head,
-        fuse_global=fuse_global, dropout=dropout, emb_dropout=emb_dropout, att_scale=att_scale,
-        cross_scale=cross_scale, coverage=coverage, local_skip=local_skip, global_weight=global_weight,
+        fuse_global=fuse_global, dropout=dropout, dropout_draw=dropout_draw, emb_dropout=emb_dropout,
+        att_scale=att_scale, cross_scale=cross_scale, coverage=coverage, local_skip=local_skip,
+        global_weight=global_weight,
         epochs=epochs, batch_size=batch_size, lr=lr, lr_decay_epochs=lr_decay_epochs, margin=margin,
         negatives=negatives, mine=mine, patience=patience, val_shortlist=val_shortlist, seed=seed, device=device,
         precision=precision, resume=resume, overwrite=overwrite, max_steps_per_epoch=max_steps,

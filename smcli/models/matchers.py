@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smcli.models.config import ModelConfig
+from smcli.models.dropout import FeatureDropout
 from smcli.models.text_encoders import build_text_encoder
 
 
@@ -133,7 +134,7 @@ class SmLSTM(Matcher):
         self.attention = attention
         self.region_proj = nn.Linear(cfg.img_dim, d)
         self.word_proj = nn.Linear(self.text_encoder.word_dim, d)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = FeatureDropout(cfg.dropout, cfg.dropout_draw)
         # local similarity projections P_a, P_s
         self.P_a = nn.Linear(d, ds)
         self.P_s = nn.Linear(d, ds)
