@@ -7,7 +7,9 @@ codec exactly as ``smcli index`` stores and ``retrieve --index`` reads them back
 
 Codecs: float16 and int8 (smcli.inference.gallery.encode_int8: int8 per row with a float16
 scale), and, for comparison only, int4 (the same per-row rule with 7 levels each side) and
-int8 embeddings (the one-to-one vectors too; smcli keeps them float32). Prints one JSON line
+int8 embeddings (the one-to-one vectors too; smcli keeps them float32); ``--pca R ...``: the
+256-d projected regions (keys and values are linear in them) on their first R principal axes,
+int8 (not offered: see BENCHMARKS.md). Prints one JSON line
 per codec: rsum, the six recalls and bytes per image of the stored tensors.
 """
 
@@ -53,15 +55,21 @@ def main() -> None:
     ap.add_argument("--captions", required=True)
     ap.add_argument("--split", default="test")
     ap.add_argument("--shortlist", type=int, default=50)
-    ap.add_argument("--codecs", nargs="+", default=list(CODECS), choices=list(CODECS))
+    ap.add_argument("--codecs", nargs="*", default=list(CODECS), choices=list(CODECS))
+    ap.add_argument("--no-float32", action="store_true", help="leave out the float32 reference line")
+    ap.add_argument("--pca", type=int, nargs="*", default=[],
+                    help="also: the projected regions on their first R principal axes, int8 (one line per R)")
     args = ap.parse_args()
 
     model = MatchModel(args.model, device="cpu", precision="fp32")
     encode = model.encode_images
-    for name in ["none (float32)", *args.codecs]:
+    names = [*([] if args.no_float32 else ["none (float32)"]), *args.codecs, *(f"pca-{r} int8" for r in args.pca)]
+    for name in names:
         def coded(*a, _name=name, **k):
             gallery = encode(*a, **k)
-            if _name in CODECS:
+            if _name.startswith("pca-"):
+                pca_round_trip(model.model, a[2], gallery.side, int(_name[4:].split()[0]))
+            elif _name in CODECS:
                 fn, _, emb_too = CODECS[_name]
                 for side in SIDES:
                     if getattr(gallery.side, side, None) is not None:
@@ -73,12 +81,35 @@ def main() -> None:
         model.encode_images = coded
         result = protocol.evaluate(model, args.regions, args.captions, args.split, shortlist=args.shortlist)
         side = coded(["x"], [""], *_one_image(args.regions)).side
-        per_image = sum(getattr(side, s)[0].numel() * CODECS.get(name, (None, 4.0))[1]
-                        + (getattr(side, s)[0].numel() // getattr(side, s).shape[-1] * 2 if "int" in name else 0)
-                        for s in SIDES if getattr(side, s, None) is not None)
+        if name.startswith("pca-"):
+            r = int(name[4:].split()[0])
+            ctx = sum(getattr(side, s)[0].numel() + 2 for s in ("ctx_a", "ctx_s") if getattr(side, s, None) is not None)
+            per_image = side.values.shape[1] * (r + 2) + ctx
+        else:
+            per_image = sum(getattr(side, s)[0].numel() * CODECS.get(name, (None, 4.0))[1]
+                            + (getattr(side, s)[0].numel() // getattr(side, s).shape[-1] * 2 if "int" in name else 0)
+                            for s in SIDES if getattr(side, s, None) is not None)
         print(json.dumps({"codec": name, "split": args.split, "shortlist": args.shortlist,
                           "rsum": round(result.metrics.rsum, 2), **result.metrics.to_dict(),
                           "side_bytes_per_image": int(per_image)}), flush=True)
+
+
+@torch.inference_mode()
+def pca_round_trip(net, regions, side, r: int) -> None:
+    """The 256-d projected regions a (keys = W_a a and values = P_a a + b are linear in them) on
+    their first r principal axes (fitted on this gallery's own regions), the coefficients int8
+    per row; keys and values recomputed from the decoded a; ctx_a, ctx_s int8."""
+    a = net.region_proj(torch.from_numpy(np.asarray(regions, np.float32))).double()  # [N, R, d]
+    flat = a.reshape(-1, a.shape[-1])
+    mean = flat.mean(0)
+    _, _, vt = torch.linalg.svd(flat - mean, full_matrices=False)
+    basis = vt[:r]  # [r, d]
+    coef = ((a - mean) @ basis.T).float()
+    a_hat = (int8_round_trip(coef).double() @ basis + mean).float()
+    side.keys, side.values = net.W_a(a_hat), net.P_a(a_hat)
+    for name in ("ctx_a", "ctx_s"):
+        if getattr(side, name, None) is not None:
+            setattr(side, name, int8_round_trip(getattr(side, name)))
 
 
 def _one_image(regions: str):
