@@ -2,12 +2,15 @@
 against one plain run over the same photos, the time to finalize, and a paper estimate for
 100M photos on K machines from the measured per-shard figures.
 
-    python bench/bench_shards.py [--images DIR] [--n 1000] [--shards 4] [--modes plain local ray]
+    python bench/bench_shards.py [--images DIR] [--n 1000] [--shards 4] \
+        [--modes plain local local-fresh ray ray-cluster]
 
 Every mode reads the same @list.txt of the first N photos of DIR (default: the shared
 Flickr8k images) and writes into a temporary directory; each mode is one fresh smcli
 process, timed wall clock. ray runs inside `unshare -n` with only loopback up when that
-works here (as the tests do), else as is. The outputs are checked to be the same rows.
+works here (as the tests do), else as is; ray-cluster times only the smcli command, on a Ray
+head started before it (as on a cluster that is already up). local-fresh is local without
+the fork server (a fresh python per shard). The outputs are checked to be the same rows.
 """
 
 from __future__ import annotations
@@ -27,19 +30,33 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_IMAGES = REPO.parent / "shared" / "data" / "flickr8k" / "images"
 
 
-def run(argv: list[str], isolated: bool = False) -> tuple[float, str]:
-    cmd = [sys.executable, "-m", "smcli", *argv]
-    if isolated:
-        import shlex
+def run(argv: list[str], isolated: bool = False, cluster: bool = False, env: dict | None = None) -> tuple[float, str]:
+    """Wall time and stderr of ``smcli ARGV``; ``isolated``: inside ``unshare -n``; ``cluster``:
+    with a Ray head started (``ray start --head``) before the timed command and stopped after."""
+    import os
+    import shlex
 
-        cmd = ["unshare", "-n", "sh", "-c", "ip link set lo up && exec " + " ".join(map(shlex.quote, cmd))]
+    cmd = [sys.executable, "-m", "smcli", *argv]
+    if cluster:
+        ray = str(Path(sys.executable).with_name("ray"))
+        script = (f"{shlex.quote(ray)} start --head --num-cpus {os.cpu_count()} --include-dashboard false "
+                  f"--disable-usage-stats >/dev/null 2>&1 || exit 99; s=$(date +%s.%N); "
+                  f"{' '.join(map(shlex.quote, cmd))}; rc=$?; e=$(date +%s.%N); "
+                  f"{shlex.quote(ray)} stop --force >/dev/null 2>&1; echo \"WALL $s $e\" >&2; exit $rc")
+        cmd = ["sh", "-c", script]
+    if isolated:
+        inner = cmd[2] if cluster else "exec " + " ".join(map(shlex.quote, cmd))
+        cmd = ["unshare", "-n", "sh", "-c", "ip link set lo up && " + inner]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True, env={**__import__("os").environ,
-                                                                  "RAY_USAGE_STATS_ENABLED": "0"})
+                          stderr=subprocess.PIPE, text=True,
+                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(env or {})})
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(argv)}\n{proc.stderr[-3000:]}")
+    if cluster:
+        start, end = proc.stderr.strip().splitlines()[-1].split()[1:]
+        wall = float(end) - float(start)
     return wall, proc.stderr
 
 
@@ -67,7 +84,10 @@ def main() -> None:
     ap.add_argument("--images", default=str(DEFAULT_IMAGES))
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--shards", type=int, default=4)
-    ap.add_argument("--modes", nargs="+", default=["plain", "local", "ray"])
+    ap.add_argument("--modes", nargs="+", default=["plain", "local", "ray", "ray-cluster"],
+                    choices=["plain", "local", "local-fresh", "ray", "ray-cluster"],
+                    help="local-fresh: local with a fresh python per shard (SMCLI_FORK_SERVER=0); ray-cluster: "
+                         "ray on a cluster started before the timed command (--ray-address auto)")
     ap.add_argument("--extra", nargs="*", default=[], help="more extract-regions options for every mode")
     ap.add_argument("--tmp", default=None)
     args = ap.parse_args()
@@ -85,8 +105,11 @@ def main() -> None:
             out = Path(tmp) / (f"{mode}.parquet" if mode == "plain" else f"{mode}/")
             argv = ["extract-regions", f"@{listing}", "-o", str(out), *args.extra]
             if mode != "plain":
-                argv += ["--shards", str(args.shards), "--distributor", mode]
-            wall, err = run(argv, isolated=mode == "ray" and namespace_ok())
+                argv += ["--shards", str(args.shards), "--distributor", mode.split("-")[0]]
+            if mode == "ray-cluster":
+                argv += ["--ray-address", "auto"]
+            wall, err = run(argv, isolated=mode.startswith("ray") and namespace_ok(), cluster=mode == "ray-cluster",
+                            env={"SMCLI_FORK_SERVER": "0"} if mode == "local-fresh" else None)
             outputs[mode] = out
             results[mode] = {"wall_s": round(wall, 2), "images_per_s": round(len(photos) / wall, 1)}
             print(f"{mode:6s} {wall:7.1f} s  {len(photos) / wall:6.1f} images/s   load {load_average()}")

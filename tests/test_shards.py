@@ -179,11 +179,13 @@ def test_finalize_refuses_mixed_lists_and_duplicates_and_sweeps_leftovers(tmp_pa
     assert info["parts"]["counts"]["written"] == 32
 
 
-def test_the_local_driver_runs_only_missing_shards(tmp_path):
+@pytest.mark.parametrize("fork_server", ["1", "0"], ids=["fork-server", "fresh-processes"])
+def test_the_local_driver_runs_only_missing_shards(tmp_path, fork_server):
     out = tmp_path / "feats"
     _fast_parts(out, IMAGES, 3, 1)
     kept = (out / "part-00001-of-00003.parquet").stat()
-    rc, _, err = run_smcli("extract-regions", IMAGES, "-o", out, "--shards", "3", *FAST, cwd=REPO, timeout=300)
+    rc, _, err = run_smcli("extract-regions", IMAGES, "-o", out, "--shards", "3", *FAST, cwd=REPO, timeout=300,
+                           env={"SMCLI_FORK_SERVER": fork_server})
     assert rc == 0, err
     assert "1 of 3 part(s) already committed" in err and "submitting 2 shard(s) to local" in err
     assert (out / "part-00001-of-00003.parquet").stat().st_mtime_ns == kept.st_mtime_ns
@@ -373,3 +375,63 @@ def test_shard_processes_are_not_left_behind():
     proc = subprocess.run([sys.executable, "-c", _LAUNCH, str(os.getpid() + 10**6), "--version"],
                           capture_output=True, timeout=60)
     assert proc.returncode == 137 and proc.stdout == b""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return True
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc (Linux)")
+def test_the_fork_server_runs_shards_side_by_side_and_they_die_with_it(example_pipeline, tmp_path):
+    """Two shard processes at once, each with its own exit status and stderr (as the plain
+    launcher reports them); a process that does not end by itself (smcli serve) is killed
+    with the server, and its run reports the kill."""
+    import threading
+    import time
+
+    from smcli.distributed.drivers import run_shard_process
+    from smcli.distributed.forkserver import ForkServer
+
+    bad = ["extract-regions", str(tmp_path / "missing"), "-o", str(tmp_path / "o.parquet")]
+    plain = run_shard_process(bad)
+    server = ForkServer()
+    try:
+        results = {}
+        threads = [threading.Thread(target=lambda k=k, a=a: results.__setitem__(k, run_shard_process(a, server)))
+                   for k, a in (("bad", bad), ("version", ["--version"]))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert results["bad"] == plain and plain[0] == 1 and "missing" in plain[1]
+        assert results["version"] == (0, "")
+
+        blocked = {}
+        serve = ["serve", "--regions", str(example_pipeline["feats"]), "--model", "flickr8k", "--port", "0"]
+        runner = threading.Thread(target=lambda: blocked.__setitem__("result", run_shard_process(serve, server)))
+        runner.start()
+        deadline = time.monotonic() + 60
+        while not _children(server._proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (shard,) = _children(server._proc.pid)
+        time.sleep(1.0)
+        assert runner.is_alive()
+        server._proc.kill()
+        runner.join(60)
+        assert blocked["result"][0] == -9 and blocked["result"][1].startswith("killed by signal 9")
+        deadline = time.monotonic() + 30
+        while not _gone(shard) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(shard), "the shard process outlived its fork server"
+    finally:
+        server.close()

@@ -1,11 +1,13 @@
 """The built-in driver: run the shards of a command that have no committed part yet, retry
 the failed ones, then finalize.
 
-Every shard is one ordinary ``smcli ... --shard i/N`` run in a subprocess of its own, so
+Every shard is one ordinary ``smcli ... --shard i/N`` run in a process of its own, so
 torch threads, DataLoader workers and CUDA never live in the driver or in a Ray worker, and
-a shard killed anywhere leaves only what finalize sweeps. The subprocess dies with the
-process that started it (``PR_SET_PDEATHSIG``), so a killed Ray worker takes its shard
-with it instead of leaving an orphan writing the same part.
+a shard killed anywhere leaves only what finalize sweeps. The process is forked from a fork
+server that has imported torch and timm once (:mod:`smcli.distributed.forkserver`; one per
+local driver, one per Ray worker), or, where that cannot start, a fresh ``python -m smcli``.
+It dies with the process it runs for (``PR_SET_PDEATHSIG``), so a killed Ray worker takes
+its shard with it instead of leaving an orphan writing the same part.
 
 - ``local``: as many shards at once as the cores hold (cores // CPUs per shard);
 - ``ray``: one Ray task per shard with its CPU/GPU needs, on the cluster at
@@ -24,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from smcli.distributed.forkserver import ForkServer
 from smcli.distributed.manifest import Manifest, finalize, summary_line
 from smcli.distributed.shards import ShardSpec, missing_shards
 from smcli.errors import SmcliError, UsageError, first_line
@@ -60,29 +63,60 @@ class ShardResult:
     last_line: str  # the shard's last stderr line: its counts, or its error
 
 
-def run_shard_process(argv: list[str]) -> tuple[int, str]:
-    """Run one shard as ``python -m smcli ARGV`` in a child that dies with this process."""
-    proc = subprocess.run([sys.executable, "-c", _LAUNCH, str(os.getpid()), *argv], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
-    lines = [ln for ln in proc.stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+def run_shard_process(argv: list[str], server: ForkServer | None = None) -> tuple[int, str]:
+    """Run one shard as ``smcli ARGV`` in a process that dies with this one: forked by
+    ``server`` (imports paid once), else a fresh ``python -m smcli``."""
+    if server is not None:
+        returncode, stderr = server.run(argv)
+    else:
+        proc = subprocess.run([sys.executable, "-c", _LAUNCH, str(os.getpid()), *argv], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        returncode, stderr = proc.returncode, proc.stderr.decode("utf-8", "replace")
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("smcli: error:")]
     last = re.sub(r"^smcli( [\w-]+)?: ", "", errors[-1] if errors else (lines[-1] if lines else ""))
-    if proc.returncode < 0:
-        last = f"killed by signal {-proc.returncode}" + (f" (last said: {last})" if last else "")
-    return proc.returncode, last
+    if returncode < 0:
+        last = f"killed by signal {-returncode}" + (f" (last said: {last})" if last else "")
+    return returncode, last
+
+
+def start_fork_server() -> ForkServer | None:
+    """A fork server for this process's shards, or None (the plain launcher) where it cannot
+    start or ``SMCLI_FORK_SERVER=0``."""
+    if os.environ.get("SMCLI_FORK_SERVER", "1") == "0" or not hasattr(os, "fork"):
+        return None
+    try:
+        return ForkServer()
+    except OSError:
+        return None
+
+
+_worker_server: list[ForkServer | None] = []  # a Ray worker's own fork server, started by its first shard
+
+
+def run_shard_in_worker(argv: list[str]) -> tuple[int, str]:
+    """A Ray task: the shard forked by this worker's fork server (kept for its next shards)."""
+    if not _worker_server:
+        _worker_server.append(start_fork_server())
+    return run_shard_process(argv, _worker_server[0])
 
 
 def run_local(tasks: list[ShardTask], on_done: Callable[[ShardResult], None]) -> list[ShardResult]:
     parallel = max(1, min(len(tasks), cpu_cores() // max(1, max(t.cpus for t in tasks))))
+    server = start_fork_server()
 
     def one(task: ShardTask) -> ShardResult:
-        rc, last = run_shard_process(task.argv)
+        rc, last = run_shard_process(task.argv, server)
         result = ShardResult(task.spec, rc, last)
         on_done(result)
         return result
 
-    with ThreadPoolExecutor(parallel) as pool:
-        return list(pool.map(one, tasks))
+    try:
+        with ThreadPoolExecutor(parallel) as pool:
+            return list(pool.map(one, tasks))
+    finally:
+        if server is not None:
+            server.close()
 
 
 def _ray():
@@ -105,7 +139,7 @@ def run_ray(tasks: list[ShardTask], on_done: Callable[[ShardResult], None],
         else:  # a local cluster of this machine only, on loopback
             ray.init(num_cpus=cpu_cores(), num_gpus=_local_gpus(), _node_ip_address="127.0.0.1", **kwargs)
     try:
-        remote = ray.remote(max_retries=0)(run_shard_process)
+        remote = ray.remote(max_retries=0)(run_shard_in_worker)
         pending = {remote.options(num_cpus=t.cpus, num_gpus=t.gpus).remote(t.argv): t for t in tasks}
         results = []
         while pending:

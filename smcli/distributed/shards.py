@@ -306,7 +306,11 @@ def kill_hook(spec: ShardSpec):
             os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
             return
-        os.kill(os.getppid() if who == ["parent"] else os.getpid(), signal.SIGKILL)
+        # "parent": the process the shard runs for (a Ray worker), not the fork server between them
+        from smcli.distributed.forkserver import OWNER_ENV
+
+        owner = int(os.environ.get(OWNER_ENV, os.getppid()))
+        os.kill(owner if who == ["parent"] else os.getpid(), signal.SIGKILL)
         time.sleep(60)  # the parent's death kills this process too (PR_SET_PDEATHSIG)
 
     return hook
