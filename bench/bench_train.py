@@ -7,7 +7,8 @@ Trains the benchmark's smlstm configuration (re-ranker on the frozen vse head, b
 4 mined negatives per positive) for --warmup + --steps steps of the Flickr8k train split,
 once per precision, in this process, through smcli.training.trainer.Trainer (the code
 `smcli train` runs), and times only the optimisation steps (not data loading, not val).
-With --profile it prints torch.profiler's top operators for the last precision's steps.
+Each precision runs once per dropout mask draw (--dropout-draws; smcli/models/dropout.py).
+With --profile it prints torch.profiler's top operators for the last run's steps.
 Not a test: the figures depend on the machine and its load, which are printed with them.
 """
 
@@ -58,27 +59,33 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="timed steps per precision")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--dropout-draws", nargs="+", default=["bernoulli", "bits16"],
+                    help="dropout mask draws to time (smcli/models/dropout.py)")
+    ap.add_argument("--cross-scale", type=float, default=0.0, help="as smcli train (the shipped recipe: 9)")
+    ap.add_argument("--coverage", type=float, default=0.0, help="as smcli train (the shipped recipe: 1)")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
 
     print(f"# python bench/bench_train.py ... ({platform.platform()}, nproc {os.cpu_count()}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads; load {os.getloadavg()[0]:.1f})")
     data = load_matching_data(args.regions, args.captions, with_regions=True)
-    for precision in args.precisions:
+    runs = [(p, d) for p in args.precisions for d in args.dropout_draws]
+    for precision, draw in runs:
         cfg = ModelConfig(variant=args.variant, text_encoder="minilm", inst_dim=256, sim_dim=256, att_dim=128,
-                          hidden_dim=256, local_skip=True, fuse_global=True, dropout=0.3)
+                          hidden_dim=256, local_skip=True, fuse_global=True, dropout=0.3, dropout_draw=draw,
+                          cross_scale=args.cross_scale, coverage=args.coverage)
         opts = TrainOptions(epochs=1, max_steps_per_epoch=args.warmup + args.steps, precision=precision,
                             device="cpu", init_from=args.init, freeze_embedding=True, val_shortlist=20,
                             overwrite=True, checkpoint_every=10**9)
         with tempfile.TemporaryDirectory() as out:
             trainer = TimedTrainer(data, out, cfg, opts, log=lambda msg: None, warmup=args.warmup, steps=args.steps,
-                                   profile=args.profile and precision == args.precisions[-1])
+                                   profile=args.profile and (precision, draw) == runs[-1])
             trainer.run()
         timed = trainer.times[args.warmup:]
         med = statistics.median(timed)
         rate = sum(trainer.pairs[args.warmup:]) / sum(timed)
-        print(f"{args.variant} {precision}: median step {med * 1000:.0f} ms over {len(timed)} steps "
-              f"(min {min(timed) * 1000:.0f}), {rate:,.0f} scored pairs/s, "
+        print(f"{args.variant} {precision}, {draw} dropout draw: median step {med * 1000:.0f} ms over "
+              f"{len(timed)} steps (min {min(timed) * 1000:.0f}), {rate:,.0f} scored pairs/s, "
               f"{235 * med:.0f} s per 235-step epoch")
         if trainer.prof is not None:
             print(trainer.prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))

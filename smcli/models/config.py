@@ -47,7 +47,7 @@ class ModelConfig:
     fuse_global: bool = True  # add a multiple of the one-to-one cosine to the score
     global_weight: str = "val"  # that multiple: chosen on val after each epoch, or "learned" with the matcher
     dropout: float = 0.3  # on the region and word features entering the matcher
-    # how its mask is drawn: "bits16" (16 random bits an element, ~9x cheaper on the CPU) or
+    # how its mask is drawn: "bits16" (16 random bits an element, ~7x cheaper on the CPU) or
     # "bernoulli" (nn.Dropout's, the draw of models saved before this option); same distribution
     dropout_draw: str = "bits16"
     # one-to-one embedding head (the vse variant, shortlisting, negative mining)
