@@ -45,7 +45,7 @@ def main() -> None:
     print(f"bits16 mask alone: {best_ms(lambda: keep_mask_bits16(x.shape, 0.7, x.device)):.1f} ms")
     for draw in ("bernoulli", "bits16"):
         drop = FeatureDropout(0.3, draw).train()
-        print(f"FeatureDropout(0.3, {draw!r}) applied: {best_ms(lambda: drop(x)):.1f} ms")
+        print(f"FeatureDropout(0.3, {draw!r}) applied: {best_ms(lambda d=drop: d(x)):.1f} ms")
 
 
 if __name__ == "__main__":

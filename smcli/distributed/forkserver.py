@@ -13,10 +13,12 @@ driver or a Ray worker; ``PR_SET_PDEATHSIG``), and a shard process when the serv
 a killed Ray worker still takes its shard with it. The server imports but never runs torch
 (no thread pool, no CUDA context exists when it forks).
 
-Protocol (one JSON object a line): the client writes ``{"id", "argv", "stderr", "owner"}``
-to the server's stdin, the server answers ``{"id", "returncode"}`` (negative: killed by
-that signal) on its stdout when that shard process ends. The shard's stderr goes to the
-file named in the request; its stdout and stdin to /dev/null, as with the plain launcher.
+This module is the client (:class:`ForkServer`, what the drivers use); the server's loop is
+:mod:`smcli.cli.forkserver`, since what it runs is the CLI. Protocol (one JSON object a
+line): the client writes ``{"id", "argv", "stderr", "owner"}`` to the server's stdin, the
+server answers ``{"id", "returncode"}`` (negative: killed by that signal) on its stdout when
+that shard process ends. The shard's stderr goes to the file named in the request; its
+stdout and stdin to /dev/null, as with the plain launcher.
 """
 
 from __future__ import annotations
@@ -31,95 +33,11 @@ import threading
 from pathlib import Path
 
 OWNER_ENV = "SMCLI_SHARD_OWNER"  # pid of the process a shard runs for (the kill hook's "parent")
-# what every shard command imports first; a module missing here is simply not preloaded
-PRELOAD = ("numpy", "pyarrow.parquet", "PIL.Image", "torch", "timm", "smcli.cli", "smcli.images.extract",
-           "smcli.inference.tasks")
+SERVER_MODULE = "smcli.cli.forkserver"  # the server's loop: it runs the CLI, so it lives with the CLI
 
 
-def serve(owner: int) -> None:
-    """The server's loop (``python -m smcli.distributed.forkserver OWNER``)."""
-    import importlib
-    import selectors
-    import signal
-
-    _die_with_parent()
-    if os.getppid() != owner:
-        sys.exit(137)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the shards (same process group), not us
-    for name in PRELOAD:
-        try:
-            importlib.import_module(name)
-        except ImportError:
-            pass
-    out = sys.stdout
-    out.write(json.dumps({"ready": os.getpid()}) + "\n")
-    out.flush()
-    running: dict[int, str] = {}  # pid -> request id
-    buffer = b""
-    sel = selectors.DefaultSelector()
-    sel.register(sys.stdin.fileno(), selectors.EVENT_READ)
-    eof = False
-    while not eof or running:
-        if not eof and sel.select(timeout=0.02):
-            chunk = os.read(sys.stdin.fileno(), 65536)
-            eof = not chunk
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                request = json.loads(line)
-                running[_fork_shard(request)] = request["id"]
-        elif eof:
-            import time
-
-            time.sleep(0.02)
-        while running:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if pid == 0:
-                break
-            code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-            out.write(json.dumps({"id": running.pop(pid), "returncode": code}) + "\n")
-            out.flush()
-
-
-def _fork_shard(request: dict) -> int:
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 1
-    try:  # the shard process: never returns into the server's loop
-        import signal
-
-        _die_with_parent()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        err = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        os.dup2(devnull, 0)
-        os.dup2(devnull, 1)
-        os.dup2(err, 2)
-        os.environ[OWNER_ENV] = str(request["owner"])
-        sys.argv = ["smcli", *request["argv"]]
-        from smcli.cli import main
-
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    except BaseException as exc:  # noqa: BLE001 - a shard process reports, it never unwinds into the server
-        try:
-            os.write(2, f"smcli: error: shard process: {type(exc).__name__}: {exc}\n".encode())
-        except OSError:
-            pass
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except Exception:  # noqa: BLE001
-            pass
-        os._exit(code)
-
-
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """This process gets SIGKILL when its parent dies (Linux; elsewhere nothing happens)."""
     import ctypes
     import signal
 
@@ -133,7 +51,7 @@ class ForkServer:
     """The client: ``run(argv)`` from any number of threads, each waiting for its own shard."""
 
     def __init__(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-m", "smcli.distributed.forkserver", str(os.getpid())],
+        self._proc = subprocess.Popen([sys.executable, "-m", SERVER_MODULE, str(os.getpid())],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         ready = self._proc.stdout.readline()
         if not ready.startswith(b'{"ready"'):
@@ -196,7 +114,3 @@ class ForkServer:
             self._proc.kill()
             self._proc.wait()
         self._tmp.cleanup()
-
-
-if __name__ == "__main__":
-    serve(int(sys.argv[1]))
