@@ -384,6 +384,13 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _is_fork_server(pid: int) -> bool:
+    try:
+        return b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _gone(pid: int) -> bool:
     try:
         return "\nState:\tZ" in Path(f"/proc/{pid}/status").read_text()
@@ -435,3 +442,52 @@ def test_the_fork_server_runs_shards_side_by_side_and_they_die_with_it(example_p
         assert _gone(shard), "the shard process outlived its fork server"
     finally:
         server.close()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs /proc (Linux)")
+def test_a_terminated_driver_stops_its_shards_and_leaves_no_process(tmp_path):
+    """SIGTERM to the driver alone (not its process group) while a shard runs: the driver
+    ends with the terminated line and code within seconds, and neither the fork server nor
+    the shard process outlives it."""
+    import signal
+    import time
+
+    from PIL import Image
+
+    from smcli.errors import EXIT_TERMINATED
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for k in range(1500):  # enough for the shard to be running long after the signal comes
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(photos / f"{k:04d}.jpg")
+    argv = ["extract-regions", str(photos), "-o", str(tmp_path / "feats") + "/", "--shards", "1",
+            "--weights", "none", "--image-size", "224"]
+    proc = subprocess.Popen([sys.executable, "-m", "smcli", *argv], cwd=REPO, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env=child_env(None))
+    try:
+        deadline = time.monotonic() + 120
+        server = shard = None
+        while shard is None and time.monotonic() < deadline and proc.poll() is None:
+            server = next((c for c in _children(proc.pid) if _is_fork_server(c)), None)
+            shard = next(iter(_children(server)), None) if server else None
+            time.sleep(0.05)
+        assert shard is not None, "no shard process appeared"
+        time.sleep(1.0)
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == EXIT_TERMINATED, err
+    assert err.decode().strip().splitlines()[-1] == "smcli: terminated"
+    assert took < 20, f"the driver took {took:.1f} s to stop"
+    deadline = time.monotonic() + 30
+    while not (_gone(server) and _gone(shard)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(server) and _gone(shard)
+    assert not (tmp_path / "feats" / "_manifest.json").exists()

@@ -111,10 +111,15 @@ def run_local(tasks: list[ShardTask], on_done: Callable[[ShardResult], None]) ->
         on_done(result)
         return result
 
+    pool = ThreadPoolExecutor(parallel)
     try:
-        with ThreadPoolExecutor(parallel) as pool:
-            return list(pool.map(one, tasks))
+        return list(pool.map(one, tasks))
+    except BaseException:  # a signal or an error here: the running shards get 5 s to end, then die with the server
+        if server is not None:
+            server.close(timeout=5)
+        raise
     finally:
+        pool.shutdown(wait=True)
         if server is not None:
             server.close()
 

@@ -103,13 +103,15 @@ class ForkServer:
             text = ""
         return slot[1], text
 
-    def close(self) -> None:
+    def close(self, timeout: float = 60) -> None:
+        """No more shards: the server exits when the running ones end; after ``timeout``
+        seconds it is killed, and they with it (their runs report the kill)."""
         try:
             self._proc.stdin.close()
         except OSError:
             pass
         try:
-            self._proc.wait(timeout=60)
+            self._proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
