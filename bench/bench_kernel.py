@@ -17,7 +17,8 @@ pairs_per_chunk // 512) for both kernels, and for the current one at other chunk
 memory (the rise of the process's peak RSS during the run); a training step (encode_images,
 encode_texts, score_pairs forward and backward on 128 captions with 4 negatives each way =
 1,152 pairs, AdamW): the old kernel with bernoulli dropout masks (before the issue), the new
-kernel with them, and the new kernel with the bits16 draw (smcli/models/dropout.py, the default). Not a test: the figures depend on the machine and its
+kernel with them, and the new kernel with the bits16 draw (smcli/models/dropout.py, the
+default). Not a test: the figures depend on the machine and its
 load, which are printed with them.
 """
 
