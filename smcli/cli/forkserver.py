@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from smcli.distributed.forkserver import OWNER_ENV, die_with_parent
 
@@ -49,8 +50,6 @@ def serve(owner: int) -> None:
                 request = json.loads(line)
                 running[_fork_shard(request)] = request["id"]
         elif eof:
-            import time
-
             time.sleep(0.02)
         while running:
             pid, status = os.waitpid(-1, os.WNOHANG)

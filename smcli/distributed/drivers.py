@@ -17,6 +17,7 @@ its shard with it instead of leaving an orphan writing the same part.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import subprocess
@@ -34,14 +35,12 @@ from smcli.report import say
 from smcli.runtime import cpu_cores
 
 DISTRIBUTORS = ("local", "ray")
-# The shard's smcli, run so that it gets SIGKILL when its parent dies (prctl 1 =
-# PR_SET_PDEATHSIG survives exec), and gives up if the parent is already gone.
+# The shard's smcli, run so that it gets SIGKILL when its parent dies (PR_SET_PDEATHSIG
+# survives exec), and gives up if the parent is already gone.
 _LAUNCH = """
-import ctypes, os, signal, sys
-try:
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-except (AttributeError, OSError):  # not Linux: the shard may outlive a killed parent
-    pass
+import os, sys
+from smcli.distributed.forkserver import die_with_parent
+die_with_parent()
 if os.getppid() != int(sys.argv[1]):
     sys.exit(137)
 os.execv(sys.executable, [sys.executable, "-m", "smcli", *sys.argv[2:]])
@@ -91,14 +90,15 @@ def start_fork_server() -> ForkServer | None:
         return None
 
 
-_worker_server: list[ForkServer | None] = []  # a Ray worker's own fork server, started by its first shard
+@functools.cache
+def _worker_fork_server() -> ForkServer | None:
+    """A Ray worker's own fork server, started by its first shard and kept for the next."""
+    return start_fork_server()
 
 
 def run_shard_in_worker(argv: list[str]) -> tuple[int, str]:
-    """A Ray task: the shard forked by this worker's fork server (kept for its next shards)."""
-    if not _worker_server:
-        _worker_server.append(start_fork_server())
-    return run_shard_process(argv, _worker_server[0])
+    """A Ray task: the shard forked by this worker's fork server."""
+    return run_shard_process(argv, _worker_fork_server())
 
 
 def run_local(tasks: list[ShardTask], on_done: Callable[[ShardResult], None]) -> list[ShardResult]:
@@ -111,17 +111,17 @@ def run_local(tasks: list[ShardTask], on_done: Callable[[ShardResult], None]) ->
         on_done(result)
         return result
 
-    pool = ThreadPoolExecutor(parallel)
+    pool, finished = ThreadPoolExecutor(parallel), False
     try:
-        return list(pool.map(one, tasks))
-    except BaseException:  # a signal or an error here: the running shards get 5 s to end, then die with the server
-        if server is not None:
-            server.close(timeout=5)
-        raise
+        results = list(pool.map(one, tasks))
+        finished = True
+        return results
     finally:
-        pool.shutdown(wait=True)
+        # stopped by a signal or an error: the running shards get 5 s to end, then die with the
+        # server, which frees the threads waiting on them
         if server is not None:
-            server.close()
+            server.close(timeout=60 if finished else 5)
+        pool.shutdown(wait=True)
 
 
 def _ray():
