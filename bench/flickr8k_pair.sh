@@ -18,12 +18,18 @@ DATA="${1:-../shared/data/flickr8k}"
 W="${WORK:-runs/flickr8k}"
 SMCLI="${SMCLI:-smcli}"
 [ -e "$W/captions.parquet" ] || { echo "bench/flickr8k_pair.sh: no $W/captions.parquet: run bench/flickr8k.sh first" >&2; exit 1; }
+mkdir -p "$W/logs"
+run() {  # run NAME CMD...: the command line in logs/NAME.cmd (package_pretrained.py cites it)
+    local name="$1"; shift
+    echo "+ $*" | tee "$W/logs/$name.cmd" >&2
+    "$@"
+}
 F="$W/feats-pair.parquet"
-[ -e "$F" ] || "$SMCLI" extract-regions "$DATA/images" --backbone efficientnet-lite0+lite2 -o "$F"
+[ -e "$F" ] || run extract-pair "$SMCLI" extract-regions "$DATA/images" --backbone efficientnet-lite0+lite2 -o "$F"
 data=(--regions "$F" --captions "$W/captions.parquet")
 for seed in ${SEEDS:-0 1 2}; do
     head="$W/model-pair-vse-seed$seed"
-    "$SMCLI" train "${data[@]}" --variant vse --emb-dropout 0.2 --epochs 20 --patience 6 \
+    run "train-pair-vse-seed$seed" "$SMCLI" train "${data[@]}" --variant vse --emb-dropout 0.2 --epochs 20 --patience 6 \
         --seed "$seed" --overwrite -o "$head"
     "$SMCLI" retrieve --eval --split test --exhaustive --model "$head" "${data[@]}" \
         -o "$W/eval-pair-vse-seed$seed.json"
@@ -31,7 +37,7 @@ for seed in ${SEEDS:-0 1 2}; do
         steer=(--cross-scale 9 --coverage 1)
         [ "$v" = mean ] && steer=()  # no attention to steer
         m="$W/model-pair-$v-seed$seed"
-        "$SMCLI" train "${data[@]}" --variant "$v" "${steer[@]}" --inst-dim 256 --att-dim 128 \
+        run "train-pair-$v-seed$seed" "$SMCLI" train "${data[@]}" --variant "$v" "${steer[@]}" --inst-dim 256 --att-dim 128 \
             --hidden-dim 256 --local-skip --fuse-global --global-weight val --dropout 0.3 \
             --init "$head" --freeze-embedding --epochs 3 --patience 2 --seed "$seed" --overwrite -o "$m"
         "$SMCLI" retrieve --eval --split test --shortlist 50 --model "$m" "${data[@]}" \

@@ -35,7 +35,17 @@ MODELS = {
     "flickr8k-vse": ("model-vse", "eval-vse-exhaustive.json", ["--exhaustive"],
                      "The one-to-one model alone (global image feature and MiniLM sentence vector in a joint "
                      "space, cosine score): fast, a dot product per pair."),
+    "flickr8k-pair": ("model-pair-smlstm-seed0", "eval-pair-smlstm-seed0-two-stage.json", ["--shortlist", "50"],
+                      "The flickr8k recipe (sm-LSTM re-ranker with word-steered region attention and word "
+                      "coverage on its own one-to-one head) on efficientnet-lite0+lite2 features (7x7x2560: "
+                      "both offline EfficientNets side by side): the best Flickr8k model here; two-stage search. "
+                      "Its photos must be extracted with --backbone efficientnet-lite0+lite2."),
 }
+# The regions file and the recipe's steps (logs/STEP.cmd) of each model, where not the benchmark's.
+FEATURES = {"flickr8k-pair": "feats-pair.parquet"}
+STEPS = {"flickr8k": ["extract", "tokenize", "train-vse", "train-smlstm"],
+         "flickr8k-vse": ["extract", "tokenize", "train-vse"],
+         "flickr8k-pair": ["extract-pair", "tokenize", "train-pair-vse-seed0", "train-pair-smlstm-seed0"]}
 MAX_RSUM_DRIFT = 0.2
 TERMS = ("Flickr8k (Hodosh, Young & Hockenmaier, JAIR 2013): the photos are from Flickr and the "
          "captions were collected for research; the data set is distributed for research use only. "
@@ -43,8 +53,8 @@ TERMS = ("Flickr8k (Hodosh, Young & Hockenmaier, JAIR 2013): the photos are from
 LIMITS = ("Trained on 6,000 Flickr8k photos (everyday scenes: people, dogs, sports, streets) at "
           "224x224 pixels with 30,000 English captions. It knows nothing of text in images, faces, "
           "brands, fine-grained species or places it was not shown, and captions in other languages; "
-          "scores are comparable within one model, not across models. EfficientNet-Lite0 features "
-          "at 224 px (smcli extract-regions' default) are what it expects.")
+          "scores are comparable within one model, not across models. {features} features "
+          "at 224 px are what it expects.")
 
 
 def sha256(path: Path) -> str:
@@ -61,10 +71,10 @@ def to_float16(src: Path, dst: Path) -> None:
     tmp.replace(dst)
 
 
-def evaluate(model: Path, work: Path, extra: list[str]) -> dict:
+def evaluate(model: Path, work: Path, extra: list[str], features: str = "feats.parquet") -> dict:
     out = work / f"eval-{model.name}-float16.json"
     cmd = [sys.executable, "-m", "smcli", "retrieve", "--eval", "--split", "test", "--model", str(model),
-           "--regions", str(work / "feats.parquet"), "--captions", str(work / "captions.parquet"), *extra,
+           "--regions", str(work / features), "--captions", str(work / "captions.parquet"), *extra,
            "-o", str(out)]
     subprocess.run(cmd, check=True, cwd=REPO)
     return json.loads(out.read_text())
@@ -83,7 +93,7 @@ def card_markdown(card: dict) -> str:
              f"- variant: {card['variant']} ({card['text_encoder']} text encoder)",
              f"- features it expects: {card['features']['backbone']} at {card['features']['image_size']} px, "
              f"{card['features']['grid'][0]}x{card['features']['grid'][1]} grid "
-             f"(`smcli extract-regions` defaults)",
+             f"(`smcli extract-regions --backbone {card['features']['backbone']}`)",
              f"- weights: float16; {card['size_bytes']:,} bytes with config and vocabulary; "
              f"sha256 {card['weights_sha256']}",
              f"- trained on: {card['machine']}, {card['precision']}",
@@ -116,13 +126,12 @@ def main() -> None:
             shutil.copy2(src / f, staging / f)
         to_float16(src / "model.safetensors", staging / "model.safetensors")
         float32 = json.loads((args.work / eval_file).read_text())
-        float16 = evaluate(staging, args.work, eval_args)
+        float16 = evaluate(staging, args.work, eval_args, FEATURES.get(name, "feats.parquet"))
         drift = abs(float16["rsum"] - float32["rsum"])
         if drift > MAX_RSUM_DRIFT:
             sys.exit(f"{name}: float16 test rsum {float16['rsum']} is {drift:.2f} from float32's {float32['rsum']}")
         config = json.loads((src / "config.json").read_text())
-        steps = ["extract", "tokenize", "train-vse"] + (["train-smlstm"] if model_dir == "model-smlstm" else [])
-        commands = [(logs / f"{s}.cmd").read_text().strip().removeprefix("+ ") for s in steps]
+        commands = [(logs / f"{s}.cmd").read_text().strip().removeprefix("+ ") for s in STEPS[name]]
         commands.append(f"python bench/package_pretrained.py --only {name}  (make pretrained runs all of the above)")
         notes = [t.partition("=")[2] for t in args.note if t.partition("=")[0] == name]
         card = {
@@ -134,7 +143,8 @@ def main() -> None:
             "test_protocol": " ".join(["smcli retrieve --eval --split test", *eval_args]),
             "weights_sha256": sha256(staging / "model.safetensors"),
             "size_bytes": sum(p.stat().st_size for p in staging.iterdir()),  # weights, config, vocabulary
-            "commands": commands, "terms": TERMS, "limits": LIMITS,
+            "commands": commands, "terms": TERMS,
+            "limits": LIMITS.format(features=config["features"]["backbone"]),
             "data": "Flickr8k, train split (6,000 photos x 5 captions); epoch chosen on val; test reported",
             "machine": f"{cpu_model()}, {platform.machine()}", "precision": "fp32 training (no AVX512-BF16)",
         }
