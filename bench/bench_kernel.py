@@ -3,6 +3,7 @@
     python bench/bench_kernel.py                      # about 3-4 minutes on a 2-core box
     python bench/bench_kernel.py --profile            # plus torch.profiler's top operators
     python bench/bench_kernel.py --train-only         # only the training steps (old, kernel work, now)
+    python bench/bench_kernel.py --precision bf16     # all of it under bf16 autocast (CPUs with AVX512-BF16)
 
 Model: the Flickr8k benchmark sizes (smlstm, attention "context", inst 256, att 128, sim 256,
 hidden 256, 3 steps, 7x7 = 49 regions of 1280-d, MiniLM 384-d word pieces, fuse_global,
@@ -37,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from smcli.models import ModelConfig, create_model
+from smcli.runtime import autocast
 
 REGIONS = 49  # a 7x7 grid
 # MiniLM word pieces per caption, Flickr8k test split (5,000 captions): count of captions with 0, 1, 2, ... pieces
@@ -86,8 +88,8 @@ def make_inputs(n_img: int, n_cap: int, seed: int, pad_to: int = len(TEST_PIECES
 
 
 # -- measurements -----------------------------------------------------------------------------
-def matmul_gflops(n: int = 2048, reps: int = 8) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(n: int = 2048, reps: int = 8, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
     times = []
     for _ in range(reps):
@@ -144,13 +146,14 @@ def _status_kb(key: str) -> int:
     return 0
 
 
-def exhaustive(model, grid_fn, img, txt, pairs_per_chunk: int, cap_block: int = 512):
-    """exhaustive_scores' loop: caption blocks of ``cap_block``, image blocks of pairs_per_chunk // cap_block."""
+def exhaustive(model, grid_fn, img, txt, pairs_per_chunk: int, cap_block: int = 512, precision: str = "fp32"):
+    """exhaustive_scores' loop: caption blocks of ``cap_block``, image blocks of pairs_per_chunk // cap_block,
+    under ``precision``'s autocast as `smcli retrieve --eval` runs it."""
     n_img, n_cap = len(img), len(txt)
     out = np.empty((n_img, n_cap), dtype=np.float32)
     cap_block = min(n_cap, cap_block)
     img_block = max(1, pairs_per_chunk // cap_block)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast("cpu", precision):
         for c0 in range(0, n_cap, cap_block):
             t = txt.select(torch.arange(c0, min(c0 + cap_block, n_cap)))
             for i0 in range(0, n_img, img_block):
@@ -161,7 +164,7 @@ def exhaustive(model, grid_fn, img, txt, pairs_per_chunk: int, cap_block: int = 
 
 
 def train_step_times(kernel: str, steps: int, warmup: int = 2, B: int = 128, k: int = 4, n_img: int = 120,
-                     profile: bool = False, dropout_draw: str = "bits16"):
+                     profile: bool = False, dropout_draw: str = "bits16", precision: str = "fp32"):
     """Median time of a training step of the matcher (as `smcli train` runs the re-ranker: the
     embedding head frozen, negatives given, dropout 0.3 on regions and words, its masks drawn
     as ``dropout_draw`` says)."""
@@ -187,11 +190,12 @@ def train_step_times(kernel: str, steps: int, warmup: int = 2, B: int = 128, k: 
             prof = torch.profiler.profile(activities=[ProfilerActivity.CPU])
             prof.__enter__()
         t = time.perf_counter()
-        img, txt = model.encode_images(regions, glob), model.encode_texts(batch)
-        s = pairs_fn(model, img, txt, ii, cc).float()
-        pos, s_c, s_i = s[:B], s[B:B + B * k].reshape(B, k), s[B + B * k:].reshape(B, k)
-        hinge = (0.2 - pos[:, None] + s_c).clamp(min=0).amax(1) + (0.2 - pos[:, None] + s_i).clamp(min=0).amax(1)
-        loss = hinge.mean()
+        with autocast("cpu", precision):  # as the trainer runs its forward
+            img, txt = model.encode_images(regions, glob), model.encode_texts(batch)
+            s = pairs_fn(model, img, txt, ii, cc).float()
+            pos, s_c, s_i = s[:B], s[B:B + B * k].reshape(B, k), s[B + B * k:].reshape(B, k)
+            hinge = (0.2 - pos[:, None] + s_c).clamp(min=0).amax(1) + (0.2 - pos[:, None] + s_i).clamp(min=0).amax(1)
+            loss = hinge.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -212,7 +216,8 @@ def train_steps(args, bound_at_end: bool = True) -> None:
     print("|---|---|---|---|---|")
     first = None
     for kernel, draw in (("old", "bernoulli"), ("new", "bernoulli"), ("new", "bits16")):
-        med, n = train_step_times(kernel, args.train_steps, profile=args.profile, dropout_draw=draw)
+        med, n = train_step_times(kernel, args.train_steps, profile=args.profile, dropout_draw=draw,
+                                  precision=args.precision)
         first = first or med
         print(f"| {kernel} | {draw} | {med * 1000:.0f} ms | {n / med:,.0f} | {first / med:.2f}x |", flush=True)
     if bound_at_end:
@@ -239,17 +244,25 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of each kernel")
     ap.add_argument("--train-only", action="store_true", help="only the training steps (and the matmul bound)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: scoring and training under bf16 autocast, as smcli runs them on a CPU with "
+                         "AVX512-BF16 (--precision auto); the %% of bound is then of the bf16 matmul bound")
     args = ap.parse_args()
+    if args.precision == "bf16" and not torch.cpu._is_avx512_bf16_supported():
+        ap.error("--precision bf16: this CPU has no AVX512-BF16 (smcli runs fp32 here)")
     if args.threads:
         torch.set_num_threads(args.threads)
 
     amx = "amx_bf16" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else False
     print(f"# bench/bench_kernel.py on {cpu_model()} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, capability {torch.backends.cpu.get_cpu_capability()}"
-          f"{', AMX-BF16' if amx else ''}); precision fp32")
+          f"{', AMX-BF16' if amx else ''}); precision {args.precision}")
     print(f"# load average at start {os.getloadavg()[0]:.2f}; other smcli jobs: {background()}")
     bound = matmul_gflops()
     print(f"matmul bound: {bound:.1f} GFLOP/s (2048^3 fp32, best of 8)")
+    if args.precision == "bf16":
+        bound = matmul_gflops(dtype=torch.bfloat16)
+        print(f"matmul bound: {bound:.1f} GFLOP/s (2048^3 bf16, best of 8; the % below are of this one)")
 
     if args.train_only:
         return train_steps(args)
@@ -283,7 +296,7 @@ def main() -> None:
     for kernel, chunk in runs:
         with PeakRSS() as mem:
             t = time.perf_counter()
-            scores[kernel, chunk] = exhaustive(model, KERNELS[kernel][0], img, txt, chunk)
+            scores[kernel, chunk] = exhaustive(model, KERNELS[kernel][0], img, txt, chunk, precision=args.precision)
             dt = time.perf_counter() - t
         rate = n_pairs / dt
         gflops = rate * fl["total"] / 1e9
@@ -306,11 +319,11 @@ def main() -> None:
         block, t = img.select(torch.arange(8)), txt.select(torch.arange(512))
         for kernel in ("old", "new"):
             fn = KERNELS[kernel][0]
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast("cpu", args.precision):
                 fn(model, block, t)
                 with profile(activities=[ProfilerActivity.CPU]) as prof:
                     fn(model, block, t)
-            print(f"\n{kernel} kernel, one 8 x 512 chunk:")
+            print(f"\n{kernel} kernel, one 8 x 512 chunk ({args.precision}):")
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 

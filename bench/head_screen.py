@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from smcli.dataset import check_splits, load_matching_data
+from smcli.evaluation.recall import recall_metrics
 from smcli.models import minilm
 from smcli.training.loss import ranking_loss_grid
 
@@ -133,15 +134,10 @@ def rsum_val(model):
         te = torch.cat([model.texts(val_caps[i:i + 1024]) for i in range(0, len(val_caps), 1024)])
         S = (ie @ te.T).numpy()
     pos = {im: k for k, im in enumerate(vimgs)}
-    cap_img = np.array([pos[i] for i in d0.caption_image[val_caps]])
-    # i2t: rank of best gt caption
-    order = np.argsort(-S, 1)
-    r_i2t = np.array([np.where(cap_img[order[k]] == k)[0].min() for k in range(len(vimgs))])
-    order_t = np.argsort(-S.T, 1)
-    r_t2i = np.array([np.where(order_t[j] == cap_img[j])[0][0] for j in range(len(val_caps))])
-    rs = [100 * (r_i2t < k).mean() for k in (1, 5, 10)] + [100 * (r_t2i < k).mean() for k in (1, 5, 10)]
+    m = recall_metrics(S, np.array([pos[i] for i in d0.caption_image[val_caps]]))
+    rs = [m.i2t_r1, m.i2t_r5, m.i2t_r10, m.t2i_r1, m.t2i_r5, m.t2i_r10]
     model.train()
-    return sum(rs), rs
+    return m.rsum, rs
 
 
 model = Head()

@@ -20,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -27,25 +28,43 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from machine_info import cpu_model  # noqa: E402
 
+from smcli.runtime import resolve_precision  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """One shipped model: where the recipe left it in --work, how it was scored on test, and
+    the recipe's steps (logs/STEP.cmd, the command lines the card cites)."""
+
+    model_dir: str
+    eval_file: str
+    eval_args: tuple[str, ...]
+    summary: str
+    steps: tuple[str, ...]
+    features: str = "feats.parquet"
+
+
 MODELS = {
-    "flickr8k": ("model-smlstm", "eval-smlstm-two-stage.json", ["--shortlist", "50"],
-                 "The Flickr8k benchmark's sm-LSTM (context-modulated attention over the 7x7 region grid and "
-                 "the MiniLM word states, with word-steered region attention and word coverage), trained as a "
-                 "re-ranker on the flickr8k-vse head; two-stage search."),
-    "flickr8k-vse": ("model-vse", "eval-vse-exhaustive.json", ["--exhaustive"],
-                     "The one-to-one model alone (global image feature and MiniLM sentence vector in a joint "
-                     "space, cosine score): fast, a dot product per pair."),
-    "flickr8k-pair": ("model-pair-smlstm-seed0", "eval-pair-smlstm-seed0-two-stage.json", ["--shortlist", "50"],
-                      "The flickr8k recipe (sm-LSTM re-ranker with word-steered region attention and word "
-                      "coverage on its own one-to-one head) on efficientnet-lite0+lite2 features (7x7x2560: "
-                      "both offline EfficientNets side by side): the best Flickr8k model here; two-stage search. "
-                      "Its photos must be extracted with --backbone efficientnet-lite0+lite2."),
+    "flickr8k": Shipped(
+        "model-smlstm", "eval-smlstm-two-stage.json", ("--shortlist", "50"),
+        "The Flickr8k benchmark's sm-LSTM (context-modulated attention over the 7x7 region grid and "
+        "the MiniLM word states, with word-steered region attention and word coverage), trained as a "
+        "re-ranker on the flickr8k-vse head; two-stage search.",
+        ("extract", "tokenize", "train-vse", "train-smlstm")),
+    "flickr8k-vse": Shipped(
+        "model-vse", "eval-vse-exhaustive.json", ("--exhaustive",),
+        "The one-to-one model alone (global image feature and MiniLM sentence vector in a joint "
+        "space, cosine score): fast, a dot product per pair.",
+        ("extract", "tokenize", "train-vse")),
+    "flickr8k-pair": Shipped(
+        "model-pair-smlstm-seed0", "eval-pair-smlstm-seed0-two-stage.json", ("--shortlist", "50"),
+        "The flickr8k recipe (sm-LSTM re-ranker with word-steered region attention and word "
+        "coverage on its own one-to-one head) on efficientnet-lite0+lite2 features (7x7x2560: "
+        "both offline EfficientNets side by side): the best Flickr8k model here; two-stage search. "
+        "Its photos must be extracted with --backbone efficientnet-lite0+lite2.",
+        ("extract-pair", "tokenize", "train-pair-vse-seed0", "train-pair-smlstm-seed0"),
+        features="feats-pair.parquet"),
 }
-# The regions file and the recipe's steps (logs/STEP.cmd) of each model, where not the benchmark's.
-FEATURES = {"flickr8k-pair": "feats-pair.parquet"}
-STEPS = {"flickr8k": ["extract", "tokenize", "train-vse", "train-smlstm"],
-         "flickr8k-vse": ["extract", "tokenize", "train-vse"],
-         "flickr8k-pair": ["extract-pair", "tokenize", "train-pair-vse-seed0", "train-pair-smlstm-seed0"]}
 MAX_RSUM_DRIFT = 0.2
 TERMS = ("Flickr8k (Hodosh, Young & Hockenmaier, JAIR 2013): the photos are from Flickr and the "
          "captions were collected for research; the data set is distributed for research use only. "
@@ -106,6 +125,12 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def training_precision(config: dict) -> str:
+    """What the model's --precision meant on this machine (make pretrained trains and packages on one)."""
+    asked = config["training"]["precision"]
+    return f"{resolve_precision(asked, 'cpu')} training (--precision {asked} on this CPU)"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "flickr8k")
@@ -116,8 +141,9 @@ def main() -> None:
     args = ap.parse_args()
     logs = args.work / "logs"
     for name in args.only:
-        model_dir, eval_file, eval_args, summary = MODELS[name]
-        src = args.work / model_dir
+        shipped = MODELS[name]
+        eval_args = list(shipped.eval_args)
+        src = args.work / shipped.model_dir
         dst = args.out / name
         staging = args.out / f".{name}.tmp"
         shutil.rmtree(staging, ignore_errors=True)
@@ -125,17 +151,17 @@ def main() -> None:
         for f in ("config.json", "vocab.txt"):
             shutil.copy2(src / f, staging / f)
         to_float16(src / "model.safetensors", staging / "model.safetensors")
-        float32 = json.loads((args.work / eval_file).read_text())
-        float16 = evaluate(staging, args.work, eval_args, FEATURES.get(name, "feats.parquet"))
+        float32 = json.loads((args.work / shipped.eval_file).read_text())
+        float16 = evaluate(staging, args.work, eval_args, shipped.features)
         drift = abs(float16["rsum"] - float32["rsum"])
         if drift > MAX_RSUM_DRIFT:
             sys.exit(f"{name}: float16 test rsum {float16['rsum']} is {drift:.2f} from float32's {float32['rsum']}")
         config = json.loads((src / "config.json").read_text())
-        commands = [(logs / f"{s}.cmd").read_text().strip().removeprefix("+ ") for s in STEPS[name]]
+        commands = [(logs / f"{s}.cmd").read_text().strip().removeprefix("+ ") for s in shipped.steps]
         commands.append(f"python bench/package_pretrained.py --only {name}  (make pretrained runs all of the above)")
         notes = [t.partition("=")[2] for t in args.note if t.partition("=")[0] == name]
         card = {
-            "name": name, "summary": summary, "notes": notes, "variant": config["model"]["variant"],
+            "name": name, "summary": shipped.summary, "notes": notes, "variant": config["model"]["variant"],
             "text_encoder": config["model"]["text_encoder"], "features": config["features"],
             "val": metrics_of(config["best"]), "epoch": config["best"].get("epoch"),
             "global_weight": config["best"].get("global_weight"),
@@ -146,7 +172,7 @@ def main() -> None:
             "commands": commands, "terms": TERMS,
             "limits": LIMITS.format(features=config["features"]["backbone"]),
             "data": "Flickr8k, train split (6,000 photos x 5 captions); epoch chosen on val; test reported",
-            "machine": f"{cpu_model()}, {platform.machine()}", "precision": "fp32 training (no AVX512-BF16)",
+            "machine": f"{cpu_model()}, {platform.machine()}", "precision": training_precision(config),
         }
         (staging / "card.json").write_text(json.dumps(card, indent=2) + "\n")
         (staging / "MODEL_CARD.md").write_text(card_markdown(card))
