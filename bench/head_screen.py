@@ -27,7 +27,7 @@ from smcli.training.loss import ranking_loss_grid
 
 p = argparse.ArgumentParser()
 p.add_argument("feats", nargs="+")
-p.add_argument("--captions", default="/work/f8k/runs/flickr8k/captions.parquet")
+p.add_argument("--captions", default="runs/flickr8k/captions.parquet")
 p.add_argument("--img", default="linear")  # linear | mlp | gpo | gpo-mlp
 p.add_argument("--txt", default="sent")  # sent | sent+words (a GPO over projected word states added)
 p.add_argument("--epochs", type=int, default=16)

@@ -3,7 +3,9 @@
     python bench/package_pretrained.py --work runs/flickr8k [--data ../shared/data/flickr8k]
 
 For each shipped model (``flickr8k``: the benchmark's sm-LSTM with its one-to-one head;
-``flickr8k-vse``: the one-to-one model alone) this copies the model directory into
+``flickr8k-vse``: the one-to-one model alone; ``flickr8k-pair``: the recipe on
+efficientnet-lite0+lite2 features, the seed of bench/flickr8k_pair.sh with the best val rsum)
+this copies the model directory into
 ``smcli/pretrained/NAME/`` with float16 weights, scores the float16 copy on the test split
 the way the benchmark scored the float32 model (``smcli retrieve --eval``), refuses it if
 test rsum moves by more than 0.2, and writes ``card.json`` and ``MODEL_CARD.md``: the data
@@ -20,7 +22,7 @@ import platform
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,6 +44,30 @@ class Shipped:
     summary: str
     steps: tuple[str, ...]
     features: str = "feats.parquet"
+    seeds: tuple[int, ...] = ()  # several seeds trained: "{seed}" in the names above, the one shipped chosen on val
+
+
+def choose_seed(shipped: Shipped, work: Path) -> tuple[Shipped, list[str]]:
+    """The seed of ``shipped.seeds`` with the best val rsum (test is never looked at), and a
+    note for the card saying so; ``shipped`` as it is when it names one run."""
+    if not shipped.seeds:
+        return shipped, []
+    val = {}
+    for seed in shipped.seeds:
+        config = work / shipped.model_dir.format(seed=seed) / "config.json"
+        if config.exists():
+            val[seed] = json.loads(config.read_text())["best"]["rsum"]
+    if not val:
+        sys.exit(f"no {shipped.model_dir} in {work} for seeds {shipped.seeds}: run its recipe first")
+    best = max(val, key=lambda seed: (val[seed], -seed))
+
+    def fmt(text: str) -> str:
+        return text.format(seed=best)
+
+    chosen = replace(shipped, model_dir=fmt(shipped.model_dir), eval_file=fmt(shipped.eval_file),
+                     steps=tuple(fmt(step) for step in shipped.steps), seeds=())
+    trained = ", ".join(f"seed {seed} {rsum:.1f}" for seed, rsum in sorted(val.items()))
+    return chosen, [f"Seed {best} of those trained, chosen by val rsum ({trained}); test was not looked at."]
 
 
 MODELS = {
@@ -57,13 +83,13 @@ MODELS = {
         "space, cosine score): fast, a dot product per pair.",
         ("extract", "tokenize", "train-vse")),
     "flickr8k-pair": Shipped(
-        "model-pair-smlstm-seed0", "eval-pair-smlstm-seed0-two-stage.json", ("--shortlist", "50"),
+        "model-pair-smlstm-seed{seed}", "eval-pair-smlstm-seed{seed}-two-stage.json", ("--shortlist", "50"),
         "The flickr8k recipe (sm-LSTM re-ranker with word-steered region attention and word "
         "coverage on its own one-to-one head) on efficientnet-lite0+lite2 features (7x7x2560: "
         "both offline EfficientNets side by side): the best Flickr8k model here; two-stage search. "
         "Its photos must be extracted with --backbone efficientnet-lite0+lite2.",
-        ("extract-pair", "tokenize", "train-pair-vse-seed0", "train-pair-smlstm-seed0"),
-        features="feats-pair.parquet"),
+        ("extract-pair", "tokenize", "train-pair-vse-seed{seed}", "train-pair-smlstm-seed{seed}"),
+        features="feats-pair.parquet", seeds=(0, 1, 2)),
 }
 MAX_RSUM_DRIFT = 0.2
 TERMS = ("Flickr8k (Hodosh, Young & Hockenmaier, JAIR 2013): the photos are from Flickr and the "
@@ -125,6 +151,13 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def portable(command: str, work: Path) -> str:
+    """A logged command line as a user of the card runs it: the work folder as runs/flickr8k
+    and paths inside this checkout relative to it (the card must not name our machine's paths)."""
+    return command.replace(str(work.resolve()), "runs/flickr8k").replace(str(work), "runs/flickr8k") \
+        .replace(str(REPO) + "/", "")
+
+
 def training_precision(config: dict) -> str:
     """What the model's --precision meant on this machine (make pretrained trains and packages on one)."""
     asked = config["training"]["precision"]
@@ -141,7 +174,7 @@ def main() -> None:
     args = ap.parse_args()
     logs = args.work / "logs"
     for name in args.only:
-        shipped = MODELS[name]
+        shipped, seed_note = choose_seed(MODELS[name], args.work)
         eval_args = list(shipped.eval_args)
         src = args.work / shipped.model_dir
         dst = args.out / name
@@ -157,9 +190,10 @@ def main() -> None:
         if drift > MAX_RSUM_DRIFT:
             sys.exit(f"{name}: float16 test rsum {float16['rsum']} is {drift:.2f} from float32's {float32['rsum']}")
         config = json.loads((src / "config.json").read_text())
-        commands = [(logs / f"{s}.cmd").read_text().strip().removeprefix("+ ") for s in shipped.steps]
+        commands = [portable((logs / f"{s}.cmd").read_text().strip().removeprefix("+ "), args.work)
+                    for s in shipped.steps]
         commands.append(f"python bench/package_pretrained.py --only {name}  (make pretrained runs all of the above)")
-        notes = [t.partition("=")[2] for t in args.note if t.partition("=")[0] == name]
+        notes = seed_note + [t.partition("=")[2] for t in args.note if t.partition("=")[0] == name]
         card = {
             "name": name, "summary": shipped.summary, "notes": notes, "variant": config["model"]["variant"],
             "text_encoder": config["model"]["text_encoder"], "features": config["features"],

@@ -11,6 +11,7 @@ import pytest
 from conftest import EXAMPLES, REPO, assert_one_line_error, run_smcli
 
 import smcli
+from smcli.images.backbones import DEFAULT_BACKBONE
 from smcli.models import pretrained
 
 SHIPPED = pretrained.available()
@@ -46,7 +47,7 @@ def test_weights_match_the_card(name):
 
 def example_features(backbone: str, example_pipeline) -> Path:
     """The example photos' regions from ``backbone`` (the pipeline's file for the default one)."""
-    if backbone == "efficientnet-lite0":
+    if backbone == DEFAULT_BACKBONE:
         return example_pipeline["feats"]
     out = example_pipeline["dir"] / f"feats-{backbone}.parquet"
     if not out.exists():
