@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from smcli.models import ModelConfig, create_model
-from smcli.runtime import autocast
+from smcli.runtime import autocast, resolve_precision
 
 REGIONS = 49  # a 7x7 grid
 # MiniLM word pieces per caption, Flickr8k test split (5,000 captions): count of captions with 0, 1, 2, ... pieces
@@ -248,7 +248,7 @@ def main() -> None:
                     help="bf16: scoring and training under bf16 autocast, as smcli runs them on a CPU with "
                          "AVX512-BF16 (--precision auto); the %% of bound is then of the bf16 matmul bound")
     args = ap.parse_args()
-    if args.precision == "bf16" and not torch.cpu._is_avx512_bf16_supported():
+    if args.precision == "bf16" and resolve_precision("auto", "cpu") != "bf16":
         ap.error("--precision bf16: this CPU has no AVX512-BF16 (smcli runs fp32 here)")
     if args.threads:
         torch.set_num_threads(args.threads)
