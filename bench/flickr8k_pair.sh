@@ -9,7 +9,10 @@
 #
 # Usage: bash bench/flickr8k_pair.sh [DATA]   DATA: the Flickr8k folder (default
 #        ../shared/data/flickr8k); WORK (default runs/flickr8k), SEEDS ("0 1 2"),
-#        VARIANTS ("smlstm"; add mean / no-context for the ablation on these features).
+#        VARIANTS ("smlstm"; add mean / no-context for the ablation on these features),
+#        EXTRA (more train options for the re-rankers, e.g. "--region-coverage 1"), TAG (a
+#        suffix for those re-rankers' names, so a lever's runs sit beside the recipe's),
+#        REUSE_HEAD=1 (keep a seed's vse head and its test metrics where they exist).
 #        Features in $WORK/feats-pair.parquet, models in $WORK/model-pair-{vse,VARIANT}-seedS,
 #        test metrics in $WORK/eval-pair-*-seedS.json.
 set -euo pipefail
@@ -29,18 +32,21 @@ F="$W/feats-pair.parquet"
 data=(--regions "$F" --captions "$W/captions.parquet")
 for seed in ${SEEDS:-0 1 2}; do
     head="$W/model-pair-vse-seed$seed"
-    run "train-pair-vse-seed$seed" "$SMCLI" train "${data[@]}" --variant vse --emb-dropout 0.2 --epochs 20 --patience 6 \
-        --seed "$seed" --overwrite -o "$head"
-    "$SMCLI" retrieve --eval --split test --exhaustive --model "$head" "${data[@]}" \
-        -o "$W/eval-pair-vse-seed$seed.json"
+    if [ "${REUSE_HEAD:-0}" != 1 ] || [ ! -e "$W/eval-pair-vse-seed$seed.json" ]; then
+        run "train-pair-vse-seed$seed" "$SMCLI" train "${data[@]}" --variant vse --emb-dropout 0.2 --epochs 20 --patience 6 \
+            --seed "$seed" --overwrite -o "$head"
+        "$SMCLI" retrieve --eval --split test --exhaustive --model "$head" "${data[@]}" \
+            -o "$W/eval-pair-vse-seed$seed.json"
+    fi
     for v in ${VARIANTS:-smlstm}; do
         steer=(--cross-scale 9 --coverage 1)
         [ "$v" = mean ] && steer=()  # no attention to steer
-        m="$W/model-pair-$v-seed$seed"
-        run "train-pair-$v-seed$seed" "$SMCLI" train "${data[@]}" --variant "$v" "${steer[@]}" --inst-dim 256 --att-dim 128 \
+        m="$W/model-pair-$v${TAG:-}-seed$seed"
+        # shellcheck disable=SC2086  # EXTRA is a list of options
+        run "train-pair-$v${TAG:-}-seed$seed" "$SMCLI" train "${data[@]}" --variant "$v" "${steer[@]}" --inst-dim 256 --att-dim 128 \
             --hidden-dim 256 --local-skip --fuse-global --global-weight val --dropout 0.3 \
-            --init "$head" --freeze-embedding --epochs 3 --patience 2 --seed "$seed" --overwrite -o "$m"
+            --init "$head" --freeze-embedding --epochs 3 --patience 2 --seed "$seed" ${EXTRA:-} --overwrite -o "$m"
         "$SMCLI" retrieve --eval --split test --shortlist 50 --model "$m" "${data[@]}" \
-            -o "$W/eval-pair-$v-seed$seed-two-stage.json"
+            -o "$W/eval-pair-$v${TAG:-}-seed$seed-two-stage.json"
     done
 done

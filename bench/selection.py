@@ -8,7 +8,8 @@ test image, drawn with ``--seed``), from the maps ``smcli explain`` draws:
 - caption steering: mean total variation distance between the region maps of the same image
   under its own caption and under the other one (0: the caption does not steer; 1: disjoint);
 - step movement: mean total variation between consecutive steps' region maps, and the top
-  region's weight (x uniform); the same for the word weights (and the share of steps whose
+  region's weight (x uniform), over all steps and step by step, and the share of steps whose
+  top region differs from the previous step's; the same for the word weights (and the share of steps whose
   most weighted word differs from the previous step's);
 - deletion: the own-caption score after zeroing the k regions the model attends to most
   (summed over the steps) against zeroing k random regions, for k = 1, 2, 4, 8, 16; the
@@ -55,6 +56,7 @@ def main() -> None:
     images = sorted(by_image)
     chosen = rng.choice(len(images), size=min(args.images, len(images)), replace=False)
     word_move, word_switch = [], []
+    region_switch, top_by_step = [], []
     steer, move, top, drop_att, drop_rand = [], [], [], {k: [] for k in KS}, {k: [] for k in KS}
     for i in chosen:
         image_id = images[i]
@@ -68,6 +70,9 @@ def main() -> None:
         steer.append(np.mean([tv(a, b) for a, b in zip(maps, ex_other.region_maps.reshape(ex_other.steps, -1))]))
         move.append(np.mean([tv(maps[t], maps[t + 1]) for t in range(len(maps) - 1)]) if len(maps) > 1 else 0.0)
         top.append(float(maps.max(1).mean() * maps.shape[1]))
+        top_by_step.append(maps.max(1) * maps.shape[1])
+        if len(maps) > 1:
+            region_switch.append(np.mean(maps[1:].argmax(1) != maps[:-1].argmax(1)))
         w = ex_own.word_weights
         if len(w) > 1:
             word_move.append(np.mean([tv(w[t], w[t + 1]) for t in range(len(w) - 1)]))
@@ -83,7 +88,10 @@ def main() -> None:
     print(f"{args.model} ({model.loaded.config.variant}): {len(chosen)} {args.split} images, seed {args.seed}")
     print(f"  caption steering: mean TV between the maps of own and other caption {np.mean(steer):.3f}")
     print(f"  step movement: mean TV between consecutive steps {np.mean(move):.3f}; "
-          f"top region {np.mean(top):.2f}x uniform")
+          f"top region {np.mean(top):.2f}x uniform"
+          + (f"; top region changes at {np.mean(region_switch):.0%} of the steps" if region_switch else ""))
+    print("  top region by step (x uniform): "
+          + " / ".join(f"{v:.2f}" for v in np.mean(top_by_step, axis=0)))
     if word_move:
         print(f"  word step movement: mean TV between consecutive steps {np.mean(word_move):.3f}; "
               f"top word changes at {np.mean(word_switch):.0%} of the steps")

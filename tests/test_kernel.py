@@ -39,7 +39,7 @@ def reference_fuse(model, img, txt, *, grid: bool, keep_maps: bool = False):
         ctx_a = _ref_pair_add(img.ctx_a, txt.ctx_a, grid)
         ctx_s = _ref_pair_add(img.ctx_s, txt.ctx_s, grid)
     region_maps, word_maps, outputs, cosines = [], [], [], []
-    word_maps_all = []
+    word_maps_all, region_maps_all = [], []
     for _ in range(cfg.steps):
         if model.attention == "uniform":
             p = img.values.new_full((*shape, img.values.shape[-2]), 1.0 / img.values.shape[-2])
@@ -64,7 +64,10 @@ def reference_fuse(model, img, txt, *, grid: bool, keep_maps: bool = False):
                 cos = F.cosine_similarity(v,
                                           s_sel.unsqueeze(-2), dim=-1)
                 e_a = e_a + model.cross_log_scale.exp() * cos
+            if cfg.region_coverage > 0 and region_maps_all:  # inhibition of return, R-scaled
+                e_a = e_a - model.region_coverage_log_scale.exp() * e_a.shape[-1] * sum(region_maps_all)
             p = torch.softmax(e_a, -1)
+            region_maps_all.append(p)
         a_sel = _ref_weighted(p, img.values, grid, images=True)
         s_sel = _ref_weighted(q, txt.values, grid, images=False)
         x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
@@ -139,7 +142,8 @@ def some_pairs(n_img, n_txt, n=23, seed=3):
 OPTIONS = [dict(), dict(score_head="sum"), dict(local_skip=False, fuse_global=False),
            dict(att_scale=3.0), dict(steps=1), dict(steps=4, score_head="sum", local_skip=False),
            dict(cross_scale=5.0), dict(cross_scale=2.0, att_scale=3.0, steps=4), dict(coverage=2.0),
-           dict(coverage=1.0, cross_scale=5.0, steps=4)]
+           dict(coverage=1.0, cross_scale=5.0, steps=4), dict(region_coverage=2.0),
+           dict(region_coverage=1.0, coverage=1.0, cross_scale=5.0, steps=4)]
 
 
 @pytest.fixture(params=["exp", "tanh", "tiny-blocks"])
@@ -235,8 +239,8 @@ def _grads(model, loss):
 @pytest.mark.parametrize("attention", ["context", "plain", "uniform"])
 @pytest.mark.parametrize("options", [dict(), dict(score_head="sum", att_scale=3.0),
                                      dict(local_skip=False, fuse_global=False), dict(global_weight="val"),
-                                     dict(cross_scale=5.0, coverage=2.0)],
-                         ids=["default", "sum,scale", "no-skip,no-global", "weight-on-val", "cross,coverage"])
+                                     dict(cross_scale=5.0, coverage=2.0, region_coverage=1.0)],
+                         ids=["default", "sum,scale", "no-skip,no-global", "weight-on-val", "cross,coverages"])
 def test_training_gradients_equal_the_reference(attention, options, kernel_path):
     model = make(attention, **options).train()
     ii, cc = some_pairs(5, 6, n=40)
@@ -253,7 +257,7 @@ def test_training_gradients_equal_the_reference(attention, options, kernel_path)
     if attention != "uniform":
         assert {"U_a.weight", "w_a.weight", "W_s.weight"} <= new.keys()
         if options.get("cross_scale"):
-            assert {"cross_log_scale", "coverage_log_scale"} <= new.keys()
+            assert {"cross_log_scale", "coverage_log_scale", "region_coverage_log_scale"} <= new.keys()
     for name in ref:
         torch.testing.assert_close(new[name], ref[name], atol=5e-5, rtol=1e-3, msg=name)
     assert any(g.abs().max() > 1e-3 for g in ref.values())
@@ -354,3 +358,19 @@ def test_word_coverage_makes_consecutive_steps_select_different_words():
     plain = step_change(make("context", att_scale=5.0).eval())
     covered = step_change(make("context", att_scale=5.0, coverage=20.0).eval())
     assert covered > 0.3 and covered > 5 * plain
+
+
+def test_region_coverage_makes_consecutive_steps_attend_different_regions():
+    def step_change(model):
+        with torch.no_grad():
+            img, txt = sides(model, n_img=4, lengths=(5, 7, 6, 8))
+            ii, cc = torch.arange(4), torch.arange(4)
+            _, maps = model.attention_maps(img, txt, ii, cc)
+        r = maps.regions  # [pairs, T, R]
+        return (0.5 * (r[:, 1:] - r[:, :-1]).abs().sum(-1)).mean().item(), r
+
+    plain, _ = step_change(make("context", cross_scale=20.0).eval())
+    covered, r = step_change(make("context", cross_scale=20.0, region_coverage=3.0).eval())
+    assert covered > 0.3 and covered > 5 * plain
+    # the top region of step 2 is not step 1's
+    assert (r[:, 1].argmax(-1) != r[:, 0].argmax(-1)).all()

@@ -253,3 +253,40 @@ def test_global_weight_chosen_on_val_is_the_saved_models(example_pipeline, tmp_p
     assert json.loads((tmp_path / "val.json").read_text())["rsum"] == pytest.approx(best["rsum"])
     rc, _, err = run_main("train", "-o", tmp_path / "bad", "--global-weight", "often", *common, cwd=REPO)
     assert_one_line_error(rc, err, "--global-weight")
+
+
+def test_attention_that_moves_trains_from_the_cli(example_pipeline, tmp_path):
+    """The selection options of issue 13's recipe reach the model from `smcli train`: the config
+    records them, each strength is a learned parameter starting at its value, and on the
+    example photos consecutive steps attend different regions (region coverage) where the
+    same model without it keeps one map; a negative strength is refused in one line."""
+    from safetensors.torch import load_file
+
+    from smcli.inference import explain
+    from smcli.inference.inputs import resolve_images
+    from smcli.inference.matcher import MatchModel
+    from smcli.inference.tasks import load_features
+
+    common = ["--regions", example_pipeline["feats"], "--captions", example_pipeline["captions"],
+              "--batch-size", "16", "--epochs", "1", "--seed", "0", "--cross-scale", "9", *SMALL_MODEL_ARGS]
+    for name, extra in (("plain", []), ("moves", ["--coverage", "10", "--att-scale", "3", "--region-coverage", "1"])):
+        rc, _, err = run_main("train", *common, *extra, "-o", tmp_path / name, cwd=REPO)
+        assert rc == 0, err
+    cfg = json.loads((tmp_path / "moves" / "config.json").read_text())["model"]
+    assert (cfg["region_coverage"], cfg["coverage"], cfg["att_scale"]) == (1.0, 10.0, 3.0)
+    weights = load_file(tmp_path / "moves" / "model.safetensors")
+    assert float(weights["region_coverage_log_scale"].exp()) == pytest.approx(1.0, abs=0.05)
+    assert "region_coverage_log_scale" not in load_file(tmp_path / "plain" / "model.safetensors")
+
+    def step_change(name: str) -> float:
+        model = MatchModel(str(tmp_path / name), device="cpu", precision="fp32")
+        feats = load_features(model, str(example_pipeline["feats"]))
+        one = resolve_images([feats.image_ids[0]], feats, model.features)
+        maps = explain.explain_pair(model, one, "a dog runs on the grass").region_maps
+        maps = maps.reshape(maps.shape[0], -1)
+        return float(np.mean([0.5 * np.abs(maps[t + 1] - maps[t]).sum() for t in range(len(maps) - 1)]))
+
+    moves, plain = step_change("moves"), step_change("plain")
+    assert moves > 0.05 and moves > 5 * plain
+    rc, _, err = run_main("train", *common, "--region-coverage", "-1", "-o", tmp_path / "bad", cwd=REPO)
+    assert_one_line_error(rc, err, "region")

@@ -68,6 +68,11 @@ def train_cmd(
         "coverage", "--coverage",
         help="Word coverage: each step's word logits subtract beta * the weight earlier steps gave "
              "each word, so steps select different words; beta learned from this value (0: off)."),
+    region_coverage: float | None = _opt(
+        "region_coverage", "--region-coverage",
+        help="Region coverage: each step's region logits subtract gamma * R * the weight earlier "
+             "steps gave each of the R regions, so steps attend different regions; gamma learned "
+             "from this value (0: off)."),
     emb_dim: int | None = _opt("emb_dim", "--emb-dim", help="One-to-one embedding size."),
     score_head: str | None = _opt("score_head", "--score-head", help="mlp (on h_T) | sum (learned sum over h_1..h_T)."),
     local_skip: bool | None = _opt(
@@ -124,7 +129,8 @@ def train_cmd(
         variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, steps=steps, inst_dim=inst_dim,
         sim_dim=sim_dim, att_dim=att_dim, hidden_dim=hidden_dim, emb_dim=emb_dim, score_head=score_head,
         fuse_global=fuse_global, dropout=dropout, dropout_draw=dropout_draw, emb_dropout=emb_dropout,
-        att_scale=att_scale, cross_scale=cross_scale, coverage=coverage, local_skip=local_skip,
+        att_scale=att_scale, cross_scale=cross_scale, coverage=coverage, region_coverage=region_coverage,
+        local_skip=local_skip,
         global_weight=global_weight,
         epochs=epochs, batch_size=batch_size, lr=lr, lr_decay_epochs=lr_decay_epochs, margin=margin,
         negatives=negatives, mine=mine, patience=patience, val_shortlist=val_shortlist, seed=seed, device=device,

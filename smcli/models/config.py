@@ -42,6 +42,11 @@ class ModelConfig:
     # > 0: word coverage: a step's word logits subtract beta * the weight earlier steps gave each
     # word, so that the steps select different words (beta learned from this start); 0: off
     coverage: float = 0.0
+    # > 0: region coverage (inhibition of return): a step's region logits subtract
+    # gamma * R * the weight steps 1..t-1 gave each of the R regions (a uniform map shifts every
+    # logit alike, so only what earlier steps selected is held back; gamma learned from this
+    # start); 0: off
+    region_coverage: float = 0.0
     score_head: str = "mlp"  # "mlp" on h_T, or "sum": a learned sum over h_1..h_T
     local_skip: bool = True  # add the mean local cosine over steps to the score (a skip path)
     fuse_global: bool = True  # add a multiple of the one-to-one cosine to the score
@@ -71,7 +76,8 @@ class ModelConfig:
                 options.fail("word_vectors", self.word_vectors, "applies to --text-encoder bilstm")
         options.at_least(self, 1, "img_dim", "word_dim", "lstm_dim", "inst_dim", "ctx_dim", "att_dim",
                          "sim_dim", "hidden_dim", "steps", "emb_dim", "cca_dim")
-        options.at_least(self, 0, "vocab_size", "att_scale", "cross_scale", "coverage", "cca_reg", "cca_power")
+        options.at_least(self, 0, "vocab_size", "att_scale", "cross_scale", "coverage", "region_coverage",
+                         "cca_reg", "cca_power")
         options.fraction(self, "dropout", "emb_dropout")
 
     @property

@@ -151,6 +151,8 @@ class SmLSTM(Matcher):
                 self.cross_log_scale = nn.Parameter(torch.tensor(math.log(cfg.cross_scale)))
             if cfg.coverage > 0:  # how much a word already selected is held back
                 self.coverage_log_scale = nn.Parameter(torch.tensor(math.log(cfg.coverage)))
+            if cfg.region_coverage > 0:  # how much a region already selected is held back
+                self.region_coverage_log_scale = nn.Parameter(torch.tensor(math.log(cfg.region_coverage)))
         if attention == "context":
             # m = [tanh(G_img g_img); tanh(G_sen g_sen)]; D m = D_img m_img + D_sen m_sen
             self.ctx_img = nn.Linear(cfg.img_dim, dc)
@@ -289,6 +291,9 @@ class SmLSTM(Matcher):
             scale = self.att_log_scale.exp() if cfg.att_scale > 0 else None
             cross = cross_scale = covered = None
             coverage = self.coverage_log_scale.exp() if cfg.coverage > 0 else None
+            region_covered = None
+            region_coverage = (self.region_coverage_log_scale.exp() * img.values.shape[-2]
+                               if cfg.region_coverage > 0 else None)
             if cfg.cross_scale > 0:  # unit region values, once per call
                 cross, cross_scale = F.normalize(img.values, dim=-1), self.cross_log_scale.exp()
         region_maps, word_maps, outputs, cosines = [], [], [], []
@@ -320,7 +325,11 @@ class SmLSTM(Matcher):
                 if cross is not None:  # regions that match this step's words gain weight
                     e_a = e_a + cross_scale * _cross_logits(cross, F.normalize(s_sel, dim=-1),
                                                             groups and groups[0])
+                if region_covered is not None:
+                    e_a = e_a - region_coverage * region_covered
                 p = torch.softmax(e_a, -1)
+                if region_coverage is not None and step < cfg.steps - 1:
+                    region_covered = p if region_covered is None else region_covered + p
                 a_sel = _weighted(p, img.values, groups and groups[0], images=True)  # [*shape, sim_dim]
                 if keep_maps and L_used < L:
                     q = F.pad(q, (0, L - L_used))
