@@ -92,6 +92,13 @@ MODELS = {
         features="feats-pair.parquet", seeds=(0, 1, 2)),
 }
 MAX_RSUM_DRIFT = 0.2
+
+
+def with_tag(shipped: Shipped, tag: str) -> Shipped:
+    """The runs of a re-ranker that bench/flickr8k_pair.sh named with TAG (model-pair-smlstmTAG-seedS)."""
+    tagged = lambda text: text.replace("pair-smlstm-", f"pair-smlstm{tag}-")  # noqa: E731
+    return replace(shipped, model_dir=tagged(shipped.model_dir), eval_file=tagged(shipped.eval_file),
+                   steps=tuple(tagged(step) for step in shipped.steps))
 TERMS = ("Flickr8k (Hodosh, Young & Hockenmaier, JAIR 2013): the photos are from Flickr and the "
          "captions were collected for research; the data set is distributed for research use only. "
          "These weights were trained on it and inherit that restriction.")
@@ -169,12 +176,18 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "flickr8k")
     ap.add_argument("--out", type=Path, default=REPO / "smcli" / "pretrained")
     ap.add_argument("--only", nargs="*", default=list(MODELS))
+    ap.add_argument("--pair-tag", default="", metavar="TAG",
+                    help="The TAG bench/flickr8k_pair.sh's re-rankers were given (their model, eval and log "
+                         "names carry it): flickr8k-pair is packaged from those runs.")
     ap.add_argument("--note", action="append", default=[], metavar="NAME=TEXT",
                     help="A remark for a model's card (how this build departs from the recipe).")
     args = ap.parse_args()
     logs = args.work / "logs"
     for name in args.only:
-        shipped, seed_note = choose_seed(MODELS[name], args.work)
+        shipped = MODELS[name]
+        if name == "flickr8k-pair" and args.pair_tag:
+            shipped = with_tag(shipped, args.pair_tag)
+        shipped, seed_note = choose_seed(shipped, args.work)
         eval_args = list(shipped.eval_args)
         src = args.work / shipped.model_dir
         dst = args.out / name
