@@ -346,31 +346,29 @@ def test_word_steered_attention_follows_the_region_that_the_selected_words_match
     assert plain_maps.regions.amax() < 0.5  # without it, nothing this sharp
 
 
-def test_word_coverage_makes_consecutive_steps_select_different_words():
-    def step_change(model):
-        with torch.no_grad():
-            img, txt = sides(model, n_img=4, lengths=(5, 7, 6, 8))
-            ii, cc = torch.arange(4), torch.arange(4)
-            _, maps = model.attention_maps(img, txt, ii, cc)
-        w = maps.words  # [pairs, T, L]
-        return (0.5 * (w[:, 1:] - w[:, :-1]).abs().sum(-1)).mean().item()
+def step_maps(model) -> Attention:
+    """The maps of four pairs of captions of different lengths, every step."""
+    with torch.no_grad():
+        img, txt = sides(model, n_img=4, lengths=(5, 7, 6, 8))
+        ii, cc = torch.arange(4), torch.arange(4)
+        return model.attention_maps(img, txt, ii, cc)[1]
 
-    plain = step_change(make("context", att_scale=5.0).eval())
-    covered = step_change(make("context", att_scale=5.0, coverage=20.0).eval())
+
+def step_change(maps: torch.Tensor) -> float:
+    """Mean total variation between consecutive steps of [pairs, T, K] maps."""
+    return (0.5 * (maps[:, 1:] - maps[:, :-1]).abs().sum(-1)).mean().item()
+
+
+def test_word_coverage_makes_consecutive_steps_select_different_words():
+    plain = step_change(step_maps(make("context", att_scale=5.0).eval()).words)
+    covered = step_change(step_maps(make("context", att_scale=5.0, coverage=20.0).eval()).words)
     assert covered > 0.3 and covered > 5 * plain
 
 
 def test_region_coverage_makes_consecutive_steps_attend_different_regions():
-    def step_change(model):
-        with torch.no_grad():
-            img, txt = sides(model, n_img=4, lengths=(5, 7, 6, 8))
-            ii, cc = torch.arange(4), torch.arange(4)
-            _, maps = model.attention_maps(img, txt, ii, cc)
-        r = maps.regions  # [pairs, T, R]
-        return (0.5 * (r[:, 1:] - r[:, :-1]).abs().sum(-1)).mean().item(), r
-
-    plain, _ = step_change(make("context", cross_scale=20.0).eval())
-    covered, r = step_change(make("context", cross_scale=20.0, region_coverage=3.0).eval())
+    plain = step_change(step_maps(make("context", cross_scale=20.0).eval()).regions)
+    r = step_maps(make("context", cross_scale=20.0, region_coverage=3.0).eval()).regions  # [pairs, T, R]
+    covered = step_change(r)
     assert covered > 0.3 and covered > 5 * plain
     # the top region of step 2 is not step 1's
     assert (r[:, 1].argmax(-1) != r[:, 0].argmax(-1)).all()
