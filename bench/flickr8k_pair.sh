@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 13's backbone lever: the same recipe on efficientnet-lite0+lite2 features (both
 # ImageNet networks side by side, 7x7x2560 at 224) instead of Lite0's 7x7x1280. For each
-# seed: the vse head (the benchmark's vse command), then the shipped sm-LSTM recipe as a
-# re-ranker on that seed's head (3 epochs, word-steered attention and coverage), then
+# seed: the vse head (the benchmark's vse command), then the sm-LSTM recipe as a
+# re-ranker on that seed's head (3 epochs, word-steered attention, word and region
+# coverage; EXTRA="--coverage 1 --region-coverage 0 --att-scale 0" gives the recipe
+# before "Attention that moves"), then
 # test: the head alone (exhaustive) and the re-ranker two-stage (shortlist 50).
 # Run bench/flickr8k.sh first (captions). About 25 minutes a seed on a 2-core box, plus
 # 6 minutes of extraction once.
@@ -39,7 +41,9 @@ for seed in ${SEEDS:-0 1 2}; do
             -o "$W/eval-pair-vse-seed$seed.json"
     fi
     for v in ${VARIANTS:-smlstm}; do
-        steer=(--cross-scale 9 --coverage 1)
+        # word-steered attention, word coverage 10, region coverage 1 (the steps select
+        # different regions), sharper attention; BENCHMARKS.md "Attention that moves"
+        steer=(--cross-scale 9 --coverage 10 --region-coverage 1 --att-scale 3)
         [ "$v" = mean ] && steer=()  # no attention to steer
         m="$W/model-pair-$v${TAG:-}-seed$seed"
         # shellcheck disable=SC2086  # EXTRA is a list of options
