@@ -84,9 +84,11 @@ MODELS = {
         ("extract", "tokenize", "train-vse")),
     "flickr8k-pair": Shipped(
         "model-pair-smlstm-seed{seed}", "eval-pair-smlstm-seed{seed}-two-stage.json", ("--shortlist", "50"),
-        "The flickr8k recipe (sm-LSTM re-ranker with word-steered region attention and word "
-        "coverage on its own one-to-one head) on efficientnet-lite0+lite2 features (7x7x2560: "
-        "both offline EfficientNets side by side): the best Flickr8k model here; two-stage search. "
+        "The sm-LSTM re-ranker on its own one-to-one head, on efficientnet-lite0+lite2 features "
+        "(7x7x2560: both offline EfficientNets side by side), with word-steered region attention, "
+        "word coverage and region coverage (each step holds back the regions and words earlier "
+        "steps selected, so the steps select different pairs): the best Flickr8k model here; "
+        "two-stage search. "
         "Its photos must be extracted with --backbone efficientnet-lite0+lite2.",
         ("extract-pair", "tokenize", "train-pair-vse-seed{seed}", "train-pair-smlstm-seed{seed}"),
         features="feats-pair.parquet", seeds=(0, 1, 2)),

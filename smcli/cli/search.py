@@ -22,9 +22,12 @@ from smcli.cli.app import (
     app,
 )
 
-MODEL_HELP = "Model directory from smcli train (default: $SMCLI_MODEL or smcli.toml)."
+MODEL_HELP = ("Model directory from smcli train, or a pretrained model's name; A,B,C: an ensemble "
+              "(the mean of their scores) (default: $SMCLI_MODEL or smcli.toml).")
 REGIONS_HELP = "Regions Parquet (default: $SMCLI_REGIONS or smcli.toml)."
 CAPTIONS_HELP = "Captions Parquet (default: $SMCLI_CAPTIONS or smcli.toml)."
+SINGLE_MODEL_HELP = ("Model directory from smcli train, or a pretrained model's name "
+                     "(default: $SMCLI_MODEL or smcli.toml).")
 SHORTLIST_HELP = "Candidates the one-to-one embedding shortlists for sm-LSTM to re-rank."
 EXHAUSTIVE_HELP = "Score every candidate with the matcher instead of a shortlist."
 DEVICE_HELP = "auto | cpu | cuda"
@@ -305,8 +308,10 @@ def _evaluate(model, regions, captions, split, shortlist, folds, output, device,
     console = make_console()
     console.print(title)
     console.print(view)
-    record = {**result.to_dict(), "model": matcher.name, "model_hash": matcher.loaded.hash,
+    record = {**result.to_dict(), "model": matcher.name, "model_hash": matcher.hash,
               "variant": matcher.loaded.config.variant, "text_encoder": matcher.loaded.config.text_encoder}
+    if matcher.is_ensemble:
+        record["members"] = [str(m.directory) for m in matcher.members]
     if output:
         from smcli.stage import AtomicFile
 
@@ -378,7 +383,7 @@ def caption_rank_cmd(
 
 @app.command("index")
 def index_cmd(
-    model: str | None = typer.Option(None, "--model", help=MODEL_HELP),
+    model: str | None = typer.Option(None, "--model", help=SINGLE_MODEL_HELP),
     regions: str | None = typer.Option(None, "--regions", help=REGIONS_HELP),
     output: Path = typer.Option(..., "-o", "--output", help="Index directory to write."),
     kind: str = typer.Option(

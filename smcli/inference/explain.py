@@ -74,7 +74,9 @@ class Explanation:
 
 
 def require_attention(model) -> None:
-    """One line for a model without saliency maps (vse, cca)."""
+    """One line for a model without saliency maps (vse, cca), or an ensemble (whose members
+    each have their own)."""
+    model.single("explain")
     variant = model.loaded.config.variant
     if variant not in ATTENTION_VARIANTS:
         raise InputError(f"explain needs an attention model (smlstm, no-context or mean); "

@@ -520,6 +520,8 @@ def build_index(model, regions_path: str, out: Path, kind: str = "auto", *, over
     ``out`` must be new or empty, or (with ``overwrite``) a gallery to replace."""
     import torch
 
+    model.single("index")
+
     from smcli.images.features import iter_regions
     from smcli.report import say
     from smcli.runtime import autocast

@@ -5,11 +5,13 @@
 returns, adds the Python API on top): it refuses region features from another backbone and
 captions with another vocabulary (one line saying which), turns images and texts into the
 model's per-side tensors (:meth:`encode_images`, :meth:`encode_texts`) and scores pairs in
-batches (:meth:`score_pairs`, :meth:`exhaustive_scores`).
+batches (:meth:`score_pairs`, :meth:`exhaustive_scores`). ``--model A,B,C`` is an ensemble:
+the same interface, the mean of the members' scores.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,18 +51,64 @@ class Texts:
     side: TextSide
 
 
+def ensemble_names(model_dir: str | Path) -> list[str]:
+    """``"A,B,C"`` -> the members of an ensemble; one name -> itself."""
+    names = [n.strip() for n in str(model_dir).split(",")] if "," in str(model_dir) else [str(model_dir)]
+    if any(not n for n in names):
+        raise InputError(f"--model {model_dir!r}: an empty name in the list (give A,B,... with no empty entry)")
+    return names
+
+
 class MatchModel:
+    """One trained model, or an ensemble of several (``"A,B,C"``: the mean of their scores,
+    :mod:`smcli.models.ensemble`)."""
+
     def __init__(self, model_dir: str | Path, device: str = "auto", precision: str = "auto"):
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.loaded: LoadedModel = load_model(resolve_model(model_dir), self.device)
-        self.model = self.loaded.model
+        names = ensemble_names(model_dir)
+        self.members: list[LoadedModel] = [load_model(resolve_model(n), self.device) for n in names]
+        self.loaded: LoadedModel = self.members[0]
         # a pretrained model goes by its name, a model directory by its path
         self.name = str(model_dir) if self.loaded.directory != Path(model_dir) else str(self.loaded.directory)
+        if len(self.members) == 1:
+            self.model = self.loaded.model
+            self.hash = self.loaded.hash
+        else:
+            from smcli.models.ensemble import Ensemble
+
+            self._check_members(names)
+            self.model = Ensemble([m.model for m in self.members])
+            self.hash = hashlib.sha256(",".join(m.hash for m in self.members).encode()).hexdigest()[:16]
+
+    def _check_members(self, names: list[str]) -> None:
+        """Members must read the same inputs: one line naming the first that does not."""
+        from smcli.images.features import check_signature
+
+        first = self.members[0]
+        for name, m in zip(names[1:], self.members[1:]):
+            where = f"ensemble member {name} vs {names[0]}"
+            check_signature(first.info.features, m.info.features, where)
+            if m.config.text_encoder != first.config.text_encoder:
+                raise InputError(f"{where}: text encoder {m.config.text_encoder} differs from "
+                                 f"{first.config.text_encoder}; an ensemble's members read the same captions")
+            if first.config.text_encoder == "bilstm" and m.info.vocab_hash != first.info.vocab_hash:
+                raise InputError(f"{where}: vocabulary {m.info.vocab_hash} differs from {first.info.vocab_hash}; "
+                                 f"an ensemble's members read the same token ids")
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.members) > 1
+
+    def single(self, command: str) -> None:
+        """Refuse an ensemble where one model's own tensors are needed (explain, index)."""
+        if self.is_ensemble:
+            raise InputError(f"{command}: --model {self.name} is an ensemble of {len(self.members)}; "
+                             f"{command} works on one model: give one of them")
 
     @property
     def many_to_many(self) -> bool:
-        return self.loaded.config.many_to_many
+        return any(m.config.many_to_many for m in self.members)
 
     @property
     def features(self) -> dict:
@@ -70,9 +118,13 @@ class MatchModel:
     def producer(self) -> dict:
         """Metadata for files this model writes."""
         cfg = self.loaded.config
-        return {"model": self.name, "model_hash": self.loaded.hash, "variant": cfg.variant,
-                "text_encoder": cfg.text_encoder, "features": self.features,
-                "vocab_hash": self.loaded.info.vocab_hash}
+        out = {"model": self.name, "model_hash": self.hash, "variant": cfg.variant,
+               "text_encoder": cfg.text_encoder, "features": self.features,
+               "vocab_hash": self.loaded.info.vocab_hash}
+        if self.is_ensemble:
+            out["members"] = [{"model": str(m.directory), "model_hash": m.hash, "variant": m.config.variant}
+                              for m in self.members]
+        return out
 
     # -- checks -------------------------------------------------------------------------
     def check_features(self, feats_meta: dict, name: str) -> None:

@@ -24,13 +24,6 @@ def as_tensor(array: np.ndarray, device: str = "cpu") -> torch.Tensor:
     return torch.from_numpy(np.asarray(array, dtype=np.float32)).to(device)
 
 
-def _cat(parts: list, cls):
-    fields = parts[0].__dataclass_fields__
-    return cls(**{name: (None if getattr(parts[0], name) is None
-                         else torch.cat([getattr(p, name) for p in parts]))
-                  for name in fields})
-
-
 @torch.inference_mode()
 def encode_images(model, regions: np.ndarray | None, global_: np.ndarray, *, batch_size: int = 256,
                   device: str = "cpu") -> ImageSide:
@@ -40,7 +33,7 @@ def encode_images(model, regions: np.ndarray | None, global_: np.ndarray, *, bat
     for start in range(0, len(global_), batch_size):
         r = None if regions is None else as_tensor(regions[start:start + batch_size], device)
         parts.append(model.encode_images(r, as_tensor(global_[start:start + batch_size], device)))
-    return _cat(parts, ImageSide)
+    return type(parts[0]).cat(parts)
 
 
 @torch.inference_mode()
@@ -52,7 +45,7 @@ def encode_texts(model, store, index: np.ndarray | None = None, *, batch_size: i
     max_len = store.max_len(index)
     parts = [model.encode_texts(store.batch(index[s:s + batch_size], device=device, max_len=max_len))
              for s in range(0, len(index), batch_size)]
-    return _cat(parts, TextSide)
+    return type(parts[0]).cat(parts)
 
 
 def is_many_to_many(model) -> bool:

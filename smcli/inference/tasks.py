@@ -335,9 +335,9 @@ def open_index(model: MatchModel, index_dir: str, *, nprobe: int | None = None):
     from smcli.inference.gallery import open_gallery
 
     saved = open_gallery(index_dir, nprobe=nprobe)
-    if saved.meta.get("model_hash") != model.loaded.hash:
+    if saved.meta.get("model_hash") != model.hash:
         raise InputError(f"{index_dir}: built with model {saved.meta.get('model')} "
-                         f"({saved.meta.get('model_hash')}), not {model.name} ({model.loaded.hash}); "
+                         f"({saved.meta.get('model_hash')}), not {model.name} ({model.hash}); "
                          "rebuild it with smcli index")
     return saved
 

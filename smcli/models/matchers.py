@@ -33,6 +33,13 @@ class Side:
     def __len__(self) -> int:
         return len(getattr(self, fields(self)[0].name))
 
+    @classmethod
+    def cat(cls, parts: list):
+        """Batches of sides, concatenated row-wise."""
+        return cls(**{f.name: (None if getattr(parts[0], f.name) is None
+                               else torch.cat([getattr(p, f.name) for p in parts]))
+                      for f in fields(parts[0])})
+
 
 @dataclass
 class ImageSide(Side):

@@ -124,7 +124,8 @@ class SearchEngine:
         return {"model": self.model.name, "variant": cfg.variant, "text_encoder": cfg.text_encoder,
                 "images": len(self), "gallery": self.source,
                 "captions": len(self.captions.caption_ids) if self.captions is not None else None,
-                "explain": cfg.variant in ATTENTION_VARIANTS, "two_stage": self.model.many_to_many,
+                "explain": cfg.variant in ATTENTION_VARIANTS and not self.model.is_ensemble,
+                "two_stage": self.model.many_to_many,
                 "limits": asdict(self.limits)}
 
     # -- text -> images ---------------------------------------------------------------
