@@ -125,15 +125,16 @@ def test_mean_variant_is_uniform_and_said_so(models, feats):
     assert NO_SELECTION in page
 
 
-def test_one_to_one_models_are_refused_by_the_library():
-    from types import SimpleNamespace
-
+@pytest.mark.parametrize("variant", ["cca", "vse"])
+def test_one_to_one_models_are_refused_by_the_library(models, variant):
     from smcli.errors import InputError
     from smcli.inference.explain import require_attention
+    from smcli.inference.matcher import MatchModel
 
-    session = SimpleNamespace(name="m/", loaded=SimpleNamespace(config=SimpleNamespace(variant="cca")))
-    with pytest.raises(InputError, match=r"explain needs an attention model .*; m/ is cca"):
-        require_attention(session)
+    model = MatchModel(models[variant])
+    with pytest.raises(InputError, match=rf"explain needs an attention model .*; {re.escape(model.name)} is {variant}$"):
+        require_attention(model)
+    require_attention(MatchModel(models["mean"]))  # an attention model passes
 
 
 # --- the command ----------------------------------------------------------------------------

@@ -142,7 +142,7 @@ def test_the_shortlist_is_what_the_matcher_re_ranks(server, engine):
     assert len(get(server, "/api/search?q=a+dog+on+grass&k=40")["results"]) == 32  # the whole gallery
 
 
-def test_captions_for_an_image_are_ranked_and_scored_like_pairs(server):
+def test_captions_for_an_image_are_ranked_and_scored_like_pairs(server, engine):
     data = get(server, f"/api/captions?image={DOG}&k=5")
     results = data["results"]
     scores = [r["score"] for r in results]
@@ -151,7 +151,9 @@ def test_captions_for_an_image_are_ranked_and_scored_like_pairs(server):
     assert "dog" in results[0]["caption"].lower()
     pairs = [{"image": DOG, "caption": r["caption"]} for r in results]
     again = call(server, "POST", "/api/score", {"pairs": pairs}).json()["scores"]
-    assert np.allclose([s["score"] for s in again], scores, atol=1e-5)
+    # bf16 (auto on bf16 hardware): a pair's score moves ~1e-4 with the batch it is computed in
+    atol = 1e-5 if engine.model.precision == "fp32" else 1e-3
+    assert np.allclose([s["score"] for s in again], scores, atol=atol)
 
 
 def test_pair_scores_match_the_python_api(server, serve_gallery, engine):
