@@ -40,7 +40,11 @@ def test_weights_match_the_card(name):
     assert model.weights_sha256() == card["weights_sha256"]
     for key in ("commands", "val", "test", "test_float32", "features", "terms", "limits", "data"):
         assert card[key], key
-    assert abs(card["test"]["rsum"] - card["test_float32"]["rsum"]) <= 0.2  # float16 kept within 0.2
+    check = card.get("rounding_check")  # the float16 weights kept within 0.2 test rsum of float32
+    if check and "bf16" in check:  # packaged on a bf16 CPU: the check scored both copies in fp32
+        assert check["precision"] == "fp32" and abs(check["float16"] - check["float32"]) <= 0.2
+    else:
+        assert abs(card["test"]["rsum"] - card["test_float32"]["rsum"]) <= 0.2
     assert "Hodosh" in card["terms"] and "research" in card["terms"]
     assert (model.directory / "MODEL_CARD.md").read_text().startswith(f"# {name}")
 
