@@ -14,7 +14,7 @@ ifeq ($(OS)-$(ARCH),Linux-x86_64)
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: install test test-faults-long demo bench bench-flickr8k pretrained lint clean
+.PHONY: install test test-faults-long demo bench bench-flickr8k bench-flickr8k-pair pretrained lint clean
 
 install: $(STAMP)
 
@@ -43,6 +43,13 @@ bench: install
 DATA ?= ../shared/data/flickr8k
 bench-flickr8k: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash bench/flickr8k.sh "$(DATA)"
+
+# The best recipe (issue 13): efficientnet-lite0+lite2 features, for seeds 0-2 a vse head and
+# the smlstm, no-context and mean re-rankers on it, then the table (bench/flickr8k_pair_report.py).
+bench-flickr8k-pair: install
+	PATH="$(CURDIR)/$(BIN):$$PATH" STEP=tokenize bash bench/flickr8k.sh "$(DATA)"
+	PATH="$(CURDIR)/$(BIN):$$PATH" VARIANTS="smlstm no-context mean" bash bench/flickr8k_pair.sh "$(DATA)"
+	$(BIN)/python bench/flickr8k_pair_report.py --work runs/flickr8k
 
 # Rebuild the shipped pretrained models (smcli/pretrained/) from the Flickr8k benchmark's
 # vse and smlstm runs (features, vse head, sm-LSTM re-ranker), and flickr8k-pair from
