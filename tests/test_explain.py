@@ -132,7 +132,8 @@ def test_one_to_one_models_are_refused_by_the_library(models, variant):
     from smcli.inference.matcher import MatchModel
 
     model = MatchModel(models[variant])
-    with pytest.raises(InputError, match=rf"explain needs an attention model .*; {re.escape(model.name)} is {variant}$"):
+    refusal = rf"explain needs an attention model .*; {re.escape(model.name)} is {variant}$"
+    with pytest.raises(InputError, match=refusal):
         require_attention(model)
     require_attention(MatchModel(models["mean"]))  # an attention model passes
 
