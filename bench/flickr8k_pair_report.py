@@ -49,13 +49,25 @@ def summary(runs: dict[int, dict]) -> dict:
     seeds = sorted(runs)
     val = [runs[s]["val"] for s in seeds]
     test = [runs[s]["test"]["rsum"] for s in seeds]
+    test_mean, test_sd = mean_sd(test)
     return {"seeds": seeds, "val": val, "test": test, "val_mean": statistics.fmean(val),
-            "test_mean": mean_sd(test)[0], "test_sd": mean_sd(test)[1],
+            "test_mean": test_mean, "test_sd": test_sd,
             "recalls_mean": {k: statistics.fmean(runs[s]["test"][k] for s in seeds) for k in RECALLS}}
+
+
+def by_seed(row: dict, key: str) -> dict[int, float]:
+    """A summary row's per-seed values ("val" or "test") keyed by seed."""
+    return dict(zip(row["seeds"], row[key]))
 
 
 def fmt_seeds(values: list[float], digits: int) -> str:
     return " / ".join(f"{v:.{digits}f}" for v in values)
+
+
+def fmt_recalls(r: dict) -> str:
+    """The two recall cells of a row: i2t R@1/5/10 | t2i R@1/5/10."""
+    return (f"{r['i2t_r1']:.1f} / {r['i2t_r5']:.1f} / {r['i2t_r10']:.1f} "
+            f"| {r['t2i_r1']:.1f} / {r['t2i_r5']:.1f} / {r['t2i_r10']:.1f}")
 
 
 def main() -> None:
@@ -76,11 +88,8 @@ def main() -> None:
           "| test i2t R@1/5/10 (mean) | t2i R@1/5/10 (mean) |")
     print("|---|---|---|---|---|---|---|")
     for v, s in table.items():
-        r = s["recalls_mean"]
         print(f"| {LABELS.get(v, v)} | {fmt_seeds(s['val'], 1)} | {s['val_mean']:.2f} | {fmt_seeds(s['test'], 2)} "
-              f"| **{s['test_mean']:.2f} +- {s['test_sd']:.2f}** "
-              f"| {r['i2t_r1']:.1f} / {r['i2t_r5']:.1f} / {r['i2t_r10']:.1f} "
-              f"| {r['t2i_r1']:.1f} / {r['t2i_r5']:.1f} / {r['t2i_r10']:.1f} |")
+              f"| **{s['test_mean']:.2f} +- {s['test_sd']:.2f}** | {fmt_recalls(s['recalls_mean'])} |")
     ensembles = {}
     for spec in args.ensemble:
         name, _, files = spec.partition("=")
@@ -88,10 +97,7 @@ def main() -> None:
         val, test = (json.loads(Path(f).read_text()) for f in (val_file, test_file))
         ensembles[name] = {"val": val["rsum"], "test": test["rsum"], "members": test.get("members"),
                            "seconds_test": test["seconds"], "recalls": {k: test[k] for k in RECALLS}}
-        r = test
-        print(f"| {name} | {val['rsum']:.1f} (one ensemble) | | {test['rsum']:.2f} | | "
-              f"{r['i2t_r1']:.1f} / {r['i2t_r5']:.1f} / {r['i2t_r10']:.1f} "
-              f"| {r['t2i_r1']:.1f} / {r['t2i_r5']:.1f} / {r['t2i_r10']:.1f} |")
+        print(f"| {name} | {val['rsum']:.1f} (one ensemble) | | {test['rsum']:.2f} | | {fmt_recalls(test)} |")
 
     pairs = [(a, b) for a, b in [("smlstm", "mean"), ("no-context", "mean"), ("smlstm", "no-context"),
                                  ("smlstm", "vse")] if a in table and b in table]
@@ -102,10 +108,7 @@ def main() -> None:
         print("|---|---|---|")
     for a, b in pairs:
         seeds = [s for s in table[a]["seeds"] if s in table[b]["seeds"]]
-        ia = {s: i for i, s in enumerate(table[a]["seeds"])}
-        ib = {s: i for i, s in enumerate(table[b]["seeds"])}
-        test = [table[a]["test"][ia[s]] - table[b]["test"][ib[s]] for s in seeds]
-        val = [table[a]["val"][ia[s]] - table[b]["val"][ib[s]] for s in seeds]
+        test, val = ([by_seed(table[a], key)[s] - by_seed(table[b], key)[s] for s in seeds] for key in ("test", "val"))
         diffs[f"{a} - {b}"] = {"seeds": seeds, "test": test, "val": val}
         per = " / ".join(f"{t:+.2f} ({w:+.1f})" for t, w in zip(test, val))
         print(f"| {a} - {b} | {per} | {statistics.fmean(test):+.2f} ({statistics.fmean(val):+.2f}) |")
