@@ -193,3 +193,55 @@ def test_rows_are_read_with_one_pread_each_or_by_indexing(tmp_path, monkeypatch)
     assert np.array_equal(read_range(mapped[2:], 0, 2), data[2:4])
     monkeypatch.delattr("os.preadv")
     assert np.array_equal(read_rows(mapped, rows), data[rows])
+
+
+def low_rank_sides(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Keys and values linear in one 6-d instance vector, as the sm-LSTM's are in a."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((n, 3, 6))
+    return {"keys": a @ rng.standard_normal((6, 4)), "values": a @ rng.standard_normal((6, 5)),
+            "ctx_a": rng.standard_normal((n, 4)), "ctx_s": rng.standard_normal((n, 4))}
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf"])
+def test_pca_codec_stores_keys_and_values_in_one_code_and_float16_embeddings(tmp_path, kind):
+    n = 2_000
+    emb = clustered(np.random.default_rng(2), n, 16, clusters=20)
+    tensors = low_rank_sides(n)
+    out = tmp_path / "g"
+    save_gallery(out, meta={}, image_ids=[f"img{i}" for i in range(n)], paths=[""] * n, embeddings=emb,
+                 side_chunks=chunks_of(tensors, 512), kind=kind, codec="pca")
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["codec"] == "pca" and meta["kv"]["keys_dim"] == 4
+    assert meta["sides"] == sorted(["ctx_a", "ctx_s", "kv"] + (["emb"] if kind == "ivf" else []))
+    kv = np.load(out / "kv.npy")
+    assert kv.dtype == np.uint8 and kv.shape == (n, 3, meta["kv"]["bytes"])
+    assert np.load(out / "ctx_a.npy").dtype == np.int8
+    if kind == "ivf":
+        assert np.load(out / "emb.npy").dtype == np.float16
+    else:
+        assert meta["index"]["vectors"] == "float16"
+    saved = open_gallery(out)
+    rows = np.array([1999, 3, 3, 700, 0])
+    side = saved.image_side(rows)
+    for name in ("keys", "values"):  # rank 6 in 155 bytes: nearly exact
+        got, want = getattr(side, name).numpy(), tensors[name][rows]
+        assert got.shape == want.shape and np.abs(got - want).max() < 0.01 * np.abs(want).max()
+        assert not np.array_equal(got, want.astype(np.float32))
+    close_to_int8(side.ctx_a.numpy(), tensors["ctx_a"][rows])
+    np.testing.assert_array_equal(side.emb.numpy(), emb[rows].astype(np.float16).astype(np.float32))
+    _, ids = search(saved.index, emb[[10, 1500]], 1)
+    assert ids[:, 0].tolist() == [10, 1500]
+
+
+def test_a_damaged_transform_code_is_a_one_line_refusal(tmp_path):
+    from smcli.errors import InputError
+
+    out = tmp_path / "g"
+    save_gallery(out, meta={}, image_ids=[str(i) for i in range(40)], paths=[""] * 40,
+                 embeddings=clustered(np.random.default_rng(0), 40, 8, 4), side_chunks=chunks_of(low_rank_sides(40), 16),
+                 kind="flat", codec="pca")
+    code = out / "kv.code.npz"
+    code.write_bytes(code.read_bytes()[:100])
+    with pytest.raises(InputError, match=r"damaged smcli index \(kv.code.npz: .*rebuild it with smcli index"):
+        open_gallery(out)

@@ -9,6 +9,7 @@ Directory layout (written by ``smcli index``)::
     NAME.npy         one per per-image tensor (keys, values, ctx_a, ctx_s) in the gallery's
                      codec; and emb.npy (the embeddings) where the index is lossy (IVF)
     NAME.scale.npy   codec "int8": the float16 scale of every row (instance) of NAME.npy
+    kv.npy, kv.code.npz  codec "pca": keys and values, packed codes of one transform code
 
 Codecs (meta.json "codec"; galleries without one are "float16"): "int8" (the default) keeps
 each instance's vector as int8 with one float16 scale (symmetric, the row's largest
@@ -16,6 +17,10 @@ magnitude maps to 127), half the bytes of "float16"; on Flickr8k test the two-st
 moves by less than 0.1 (BENCHMARKS.md). The embeddings stay float32 in every codec (an
 exact index gives them back; beside an IVF index they are kept in emb.npy): int8 embeddings
 cost another 0.14 rsum, because the one-to-one cosine is weighted several times in the score.
+"pca" (:class:`~smcli.inference.gallery_codec.TransformCode`) stores each instance's keys
+and values together in 155 bytes, fitted on the gallery's first images, ctx_a and ctx_s as
+int8, and the embeddings as float16 (a flat index over float16 vectors, or emb.npy in
+float16 beside an IVF index): about 11 KB an image in all, rsum within 0.2 of float32.
 
 Index kinds: "flat" (exact; "auto" up to FLAT_UP_TO images), "ivf" (inverted lists over
 8-bit scalar-quantised vectors, ~1 byte per dimension; "auto" above) and "hnsw" (a graph
@@ -39,6 +44,9 @@ from typing import Any
 import numpy as np
 
 from smcli.errors import InputError, UsageError, first_line
+from smcli.inference.gallery_codec import TransformCode, encode_int8
+
+__all__ = ["CODECS", "DEFAULT_CODEC", "SavedGallery", "build_index", "encode_int8", "open_gallery", "save_gallery"]
 
 META_FILE = "meta.json"
 IDS_FILE = "images.parquet"
@@ -49,10 +57,12 @@ FLAT_UP_TO = 200_000  # "auto": exact search up to this many images, IVF above
 IVF_NPROBE = 32  # inverted lists visited per query
 IVF_TRAIN_PER_LIST = 40  # k-means training points per list (faiss wants at least 39)
 ADD_CHUNK = 65_536  # vectors converted and added to faiss at a time
-CODECS = ("int8", "float16")
+CODECS = ("int8", "float16", "pca")
 DEFAULT_CODEC = "int8"
 SCALE_SUFFIX = ".scale"  # NAME.scale.npy: per-row scales of an int8 side
-INT8_MAX = 127
+KV_SIDE = "kv"  # codec "pca": keys and values of every instance, one transform code
+KV_CODE_FILE = "kv.code.npz"  # its basis, bit widths and steps
+CODE_FIT_ROWS = 50_000  # instances the transform code is fitted on (the first images')
 
 
 @dataclass
@@ -104,15 +114,20 @@ def build_faiss(embeddings, kind: str = "auto", *, nlist: int | None = None,
 
 
 def build_faiss_spec(embeddings, kind: str = "auto", *, nlist: int | None = None,
-                     nprobe: int = IVF_NPROBE, seed: int = 0):
-    """:func:`build_faiss`, also returning the :class:`IndexSpec` it built."""
+                     nprobe: int = IVF_NPROBE, seed: int = 0, float16: bool = False):
+    """:func:`build_faiss`, also returning the :class:`IndexSpec` it built; ``float16``: a
+    flat index keeps its vectors in float16 (half the bytes; what codec "pca" asks for)."""
     import faiss
 
     emb = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings, dtype=np.float32)
     n, d = emb.shape
     spec = index_spec(n, kind, nlist=nlist, nprobe=nprobe)
+    if float16 and spec.kind == "flat":
+        spec.params["vectors"] = "float16"
     p = spec.params
-    if spec.kind == "flat":
+    if spec.kind == "flat" and p.get("vectors") == "float16":  # exact search over float16 vectors
+        index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    elif spec.kind == "flat":
         index = faiss.IndexFlatIP(d)
     elif spec.kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, p["M"], faiss.METRIC_INNER_PRODUCT)
@@ -152,6 +167,8 @@ class SavedGallery:
     index: Any  # faiss index
     sides: dict[str, np.ndarray]  # name -> memory-mapped [N, ...] in the codec (float16 or int8)
     scales: dict[str, np.ndarray] = field(default_factory=dict)  # int8 sides: name -> [N, ...] float16
+    kv_code: TransformCode | None = None  # codec "pca": the code of the "kv" side
+    keys_dim: int = 0  # codec "pca": keys are the first keys_dim of a decoded kv row, values the rest
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -174,6 +191,11 @@ class SavedGallery:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         unique, back = np.unique(rows, return_inverse=True)  # each row read once, in file order
         values = {}
+        if self.kv_code is not None and KV_SIDE in self.sides:
+            kv = torch.from_numpy(self.kv_code.decode(read_rows(self.sides[KV_SIDE], unique))[back])
+            if self.keys_dim:
+                values["keys"] = kv[..., :self.keys_dim].contiguous().to(device)
+            values["values"] = kv[..., self.keys_dim:].contiguous().to(device)
         for f in fields(ImageSide):
             if f.name in self.sides:
                 values[f.name] = torch.from_numpy(self.read(f.name, unique)[back]).to(device)
@@ -250,17 +272,6 @@ def read_rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
     finally:
         os.close(fd)
     return out
-
-
-def encode_int8(arr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 codes of every row (last axis) and their float16 scales: row = codes *
-    scale, the row's largest magnitude mapped to 127 (a zero row has scale 0)."""
-    arr = np.asarray(arr, dtype=np.float32)
-    peak = np.abs(arr).max(axis=-1)
-    scale = (peak / INT8_MAX).astype(np.float16)
-    div = scale.astype(np.float32)[..., None]
-    codes = np.divide(arr, div, out=np.zeros_like(arr), where=div > 0)
-    return np.clip(np.rint(codes), -INT8_MAX, INT8_MAX).astype(np.int8), scale
 
 
 def check_codec(codec: str) -> str:
@@ -350,20 +361,34 @@ def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str],
     tmp.mkdir(parents=True)
     writers: dict[str, NpyWriter] = {}
     emb_file = tmp / f"{EMB_SIDE}.npy"
+    emb_dtype = np.float16 if codec == "pca" else np.float32
+    code: TransformCode | None = None
+    kv_split = 0
     try:
         for chunk in side_chunks:
+            if codec == "pca" and "values" in chunk:
+                chunk = dict(chunk)
+                keys = chunk.pop("keys", None)
+                kv = chunk.pop("values") if keys is None else np.concatenate([keys, chunk.pop("values")], -1)
+                if code is None:  # fitted on the first chunk's instances
+                    kv_split = 0 if keys is None else keys.shape[-1]
+                    code = TransformCode.fit(kv.reshape(-1, kv.shape[-1])[:CODE_FIT_ROWS])
+                    code.save(tmp / KV_CODE_FILE)
+                chunk[KV_SIDE] = code.encode(kv)
             for name, arr in chunk.items():
                 if name not in writers:
                     shape = (n, *np.shape(arr)[1:])
                     if name == EMB_SIDE:
-                        writers[name] = NpyWriter(emb_file, np.float32, shape)
-                    elif codec == "int8":
+                        writers[name] = NpyWriter(emb_file, emb_dtype, shape)
+                    elif name == KV_SIDE:
+                        writers[name] = NpyWriter(tmp / f"{name}.npy", np.uint8, shape)
+                    elif codec in ("int8", "pca"):
                         writers[name] = NpyWriter(tmp / f"{name}.npy", np.int8, shape)
                         writers[name + SCALE_SUFFIX] = NpyWriter(tmp / f"{name}{SCALE_SUFFIX}.npy",
                                                                   np.float16, shape[:-1])
                     else:
                         writers[name] = NpyWriter(tmp / f"{name}.npy", np.float16, shape)
-                if codec == "int8" and name != EMB_SIDE:
+                if codec in ("int8", "pca") and name not in (EMB_SIDE, KV_SIDE):
                     codes, scale = encode_int8(arr)
                     writers[name].write(codes)
                     writers[name + SCALE_SUFFIX].write(scale)
@@ -379,11 +404,12 @@ def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str],
             source = (embeddings if isinstance(embeddings, np.ndarray)
                       else np.asarray(embeddings, dtype=np.float32))
             if spec.lossy and EMB_SIDE not in writers:
-                w = NpyWriter(emb_file, np.float32, source.shape)
+                w = NpyWriter(emb_file, emb_dtype, source.shape)
                 for s in range(0, n, ADD_CHUNK):
                     w.write(read_range(source, s, s + ADD_CHUNK))
                 w.close()
-        index, spec = build_faiss_spec(source, spec.kind, nlist=spec.params.get("nlist"), nprobe=nprobe)
+        index, spec = build_faiss_spec(source, spec.kind, nlist=spec.params.get("nlist"), nprobe=nprobe,
+                                       float16=codec == "pca")
         faiss.write_index(index, str(tmp / FAISS_FILE))
         del index, source
         if not spec.lossy:  # the exact index gives the embeddings back
@@ -391,6 +417,8 @@ def save_gallery(directory: Path, *, meta: dict[str, Any], image_ids: list[str],
         names = sorted(p.stem for p in tmp.glob("*.npy") if not p.stem.endswith(SCALE_SUFFIX))
         pq.write_table(pa.table({"image_id": image_ids, "path": paths}), tmp / IDS_FILE)
         meta = {**meta, "images": n, "sides": names, "codec": codec, "index": spec.to_json()}
+        if code is not None:
+            meta["kv"] = {"keys_dim": kv_split, "bits": code.bits, "bytes": code.nbytes}
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
         old = None
         if directory.is_dir() and any(directory.iterdir()):
@@ -458,13 +486,23 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
         for name in meta.get("sides", []):
             what = f"{name}.npy"
             sides[name] = _load_npy(d / what)
-            if sides[name].dtype == np.int8 and codec != "int8":
+            if sides[name].dtype == np.int8 and codec not in ("int8", "pca"):
                 raise ValueError(f"int8 rows, but {META_FILE} says codec {codec!r}")
             if sides[name].dtype == np.int8:
                 what = f"{name}{SCALE_SUFFIX}.npy"
                 scales[name] = _load_npy(d / what)
                 if scales[name].shape != sides[name].shape[:-1]:
                     raise ValueError(f"shape {scales[name].shape} for rows of shape {sides[name].shape}")
+        kv_code, keys_dim = None, 0
+        if codec == "pca" and KV_SIDE in sides:
+            what = KV_CODE_FILE
+            kv_code = TransformCode.load(d / KV_CODE_FILE)
+            keys_dim = int((meta.get("kv") or {}).get("keys_dim", -1))
+            if not 0 <= keys_dim < len(kv_code.mean):
+                raise ValueError(f"{META_FILE} gives keys_dim {keys_dim} for rows of {len(kv_code.mean)}")
+            if sides[KV_SIDE].dtype != np.uint8 or sides[KV_SIDE].shape[-1] != kv_code.nbytes:
+                raise ValueError(f"{KV_SIDE}.npy holds {sides[KV_SIDE].dtype} rows of {sides[KV_SIDE].shape[-1]} "
+                                 f"bytes, the code writes uint8 rows of {kv_code.nbytes}")
         what = FAISS_FILE
         index = _read_faiss(d / FAISS_FILE)
         spec = meta.get("index") or {}
@@ -481,7 +519,7 @@ def open_gallery(directory: str | Path, *, nprobe: int | None = None) -> SavedGa
     if bad or meta.get("images", n) != n or len(paths) != n:
         raise InputError(f"{damaged} ({', '.join(bad) or META_FILE}: image count differs from {IDS_FILE}'s {n}); "
                          "rebuild it with smcli index")
-    return SavedGallery(d, meta, image_ids, paths, index, sides, scales)
+    return SavedGallery(d, meta, image_ids, paths, index, sides, scales, kv_code, keys_dim)
 
 
 def _read_faiss(path: Path):
