@@ -524,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep each gallery (default: deleted after its size)")
     ap.add_argument("--kind", default="auto", help="faiss index kind: auto | flat | ivf | hnsw")
     ap.add_argument("--nprobe", type=int, default=32, help="IVF lists visited per query")
-    ap.add_argument("--codec", default="int8", help="how the per-image tensors are stored: int8 | float16")
+    ap.add_argument("--codec", default="int8", help="how the per-image tensors are stored: int8 | float16 | pca")
     ap.add_argument("--threads", type=int, help="torch and faiss threads (default: their own default)")
     ap.add_argument("--precision", default="auto",
                     help="as smcli retrieve --precision (auto: bf16 where the CPU does it natively)")

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from smcli.evaluation import protocol
-from smcli.inference.gallery import encode_int8
+from smcli.inference.gallery import CHUNK, CODE_FIT_ROWS, encode_int8
+from smcli.inference.gallery_codec import DEFAULT_BITS, TransformCode
 from smcli.inference.matcher import MatchModel
 
 SIDES = ("keys", "values", "ctx_a", "ctx_s")
@@ -57,6 +58,13 @@ def main() -> None:
     ap.add_argument("--shortlist", type=int, default=50)
     ap.add_argument("--codecs", nargs="*", default=list(CODECS), choices=list(CODECS))
     ap.add_argument("--no-float32", action="store_true", help="leave out the float32 reference line")
+    ap.add_argument("--transform", type=float, nargs="*", default=[],
+                    help="also: codec pca (what `smcli index --codec pca` stores) with these keys weights "
+                         "(smcli's is 2), fitted as index fits it, on the instances of the split's first images")
+    ap.add_argument("--fit-seeds", type=int, nargs="*", default=[],
+                    help="with --transform: instead, fit on the images of a random draw of the split per seed "
+                         "(the spread of the code's effect on rsum)")
+    ap.add_argument("--bits", type=int, default=DEFAULT_BITS, help="with --transform: bits per instance")
     ap.add_argument("--pca", type=int, nargs="*", default=[],
                     help="also: the projected regions on their first R principal axes, int8 (one line per R)")
     args = ap.parse_args()
@@ -64,10 +72,13 @@ def main() -> None:
     model = MatchModel(args.model, device="cpu", precision="fp32")
     encode = model.encode_images
     names = [*([] if args.no_float32 else ["none (float32)"]), *args.codecs, *(f"pca-{r} int8" for r in args.pca)]
+    names += [f"transform w{w:g} seed {s}" for w in args.transform for s in (args.fit_seeds or [-1])]
     for name in names:
         def coded(*a, _name=name, **k):
             gallery = encode(*a, **k)
-            if _name.startswith("pca-"):
+            if _name.startswith("transform"):
+                transform_round_trip(gallery.side, float(_name.split()[1][1:]), int(_name.split()[-1]), args.bits)
+            elif _name.startswith("pca-"):
                 pca_round_trip(model.model, a[2], gallery.side, int(_name[4:].split()[0]))
             elif _name in CODECS:
                 fn, _, emb_too = CODECS[_name]
@@ -81,7 +92,10 @@ def main() -> None:
         model.encode_images = coded
         result = protocol.evaluate(model, args.regions, args.captions, args.split, shortlist=args.shortlist)
         side = coded(["x"], [""], *_one_image(args.regions)).side
-        if name.startswith("pca-"):
+        if name.startswith("transform"):
+            per_image = side.values.shape[1] * ((args.bits + 7) // 8) + sum(
+                getattr(side, s)[0].numel() + 2 for s in ("ctx_a", "ctx_s") if getattr(side, s, None) is not None)
+        elif name.startswith("pca-"):
             r = int(name[4:].split()[0])
             ctx = sum(getattr(side, s)[0].numel() + 2 for s in ("ctx_a", "ctx_s") if getattr(side, s, None) is not None)
             per_image = side.values.shape[1] * (r + 2) + ctx
@@ -107,6 +121,24 @@ def pca_round_trip(net, regions, side, r: int) -> None:
     coef = ((a - mean) @ basis.T).float()
     a_hat = (int8_round_trip(coef).double() @ basis + mean).float()
     side.keys, side.values = net.W_a(a_hat), net.P_a(a_hat)
+    for name in ("ctx_a", "ctx_s"):
+        if getattr(side, name, None) is not None:
+            setattr(side, name, int8_round_trip(getattr(side, name)))
+
+
+@torch.inference_mode()
+def transform_round_trip(side, keys_weight: float, seed: int, bits: int) -> None:
+    """Keys and values through the transform code of codec "pca" (the embeddings float16, ctx
+    int8), fitted as ``smcli index`` fits it, on the instances of its first chunk (CHUNK images):
+    the split's first images (seed -1), or a random draw of its images (seed >= 0)."""
+    kv = torch.cat([side.keys, side.values], -1).float().numpy()
+    order = np.arange(len(kv)) if seed < 0 else np.random.default_rng(seed).permutation(len(kv))
+    weights = np.ones(kv.shape[-1])
+    weights[:side.keys.shape[-1]] = keys_weight
+    code = TransformCode.fit(kv[order[:CHUNK]].reshape(-1, kv.shape[-1])[:CODE_FIT_ROWS], bits, weights=weights)
+    dec = torch.from_numpy(code.decode(code.encode(kv)))
+    side.keys, side.values = dec[..., :side.keys.shape[-1]].contiguous(), dec[..., side.keys.shape[-1]:].contiguous()
+    side.emb = side.emb.half().float()
     for name in ("ctx_a", "ctx_s"):
         if getattr(side, name, None) is not None:
             setattr(side, name, int8_round_trip(getattr(side, name)))
