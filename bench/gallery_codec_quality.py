@@ -9,7 +9,8 @@ Codecs: float16 and int8 (smcli.inference.gallery.encode_int8: int8 per row with
 scale), and, for comparison only, int4 (the same per-row rule with 7 levels each side) and
 int8 embeddings (the one-to-one vectors too; smcli keeps them float32); ``--pca R ...``: the
 256-d projected regions (keys and values are linear in them) on their first R principal axes,
-int8 (not offered: see BENCHMARKS.md). Prints one JSON line
+int8 (not offered: see BENCHMARKS.md); ``--transform W ...``: codec pca (smcli index --codec pca),
+its keys weighted W in the code's error (``--fit-seeds``: fitted on random draws). Prints one JSON line
 per codec: rsum, the six recalls and bytes per image of the stored tensors.
 """
 
