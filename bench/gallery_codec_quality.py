@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--no-float32", action="store_true", help="leave out the float32 reference line")
     ap.add_argument("--transform", type=float, nargs="*", default=[],
                     help="also: codec pca (what `smcli index --codec pca` stores) with these keys weights "
-                         "(smcli's is 2), fitted as index fits it, on the instances of the split's first images")
+                         "(smcli's is 1), fitted as index fits it, on the instances of the split's first images")
     ap.add_argument("--fit-seeds", type=int, nargs="*", default=[],
                     help="with --transform: instead, fit on the images of a random draw of the split per seed "
                          "(the spread of the code's effect on rsum)")

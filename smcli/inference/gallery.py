@@ -14,7 +14,7 @@ Directory layout (written by ``smcli index``)::
 Codecs (meta.json "codec"; galleries without one are "float16"): "int8" (the default) keeps
 each instance's vector as int8 with one float16 scale (symmetric, the row's largest
 magnitude maps to 127), half the bytes of "float16"; on Flickr8k test the two-stage rsum
-moves by less than 0.1 (BENCHMARKS.md). The embeddings stay float32 in every codec (an
+moves by less than 0.1 (BENCHMARKS.md). The embeddings stay float32 in these two codecs (an
 exact index gives them back; beside an IVF index they are kept in emb.npy): int8 embeddings
 cost another 0.14 rsum, because the one-to-one cosine is weighted several times in the score.
 "pca" (:class:`~smcli.inference.gallery_codec.TransformCode`) stores each instance's keys
@@ -45,8 +45,6 @@ import numpy as np
 
 from smcli.errors import InputError, UsageError, first_line
 from smcli.inference.gallery_codec import TransformCode, encode_int8
-
-__all__ = ["CODECS", "DEFAULT_CODEC", "SavedGallery", "build_index", "encode_int8", "open_gallery", "save_gallery"]
 
 META_FILE = "meta.json"
 IDS_FILE = "images.parquet"
@@ -122,10 +120,9 @@ def build_faiss_spec(embeddings, kind: str = "auto", *, nlist: int | None = None
     emb = embeddings if isinstance(embeddings, np.ndarray) else np.asarray(embeddings, dtype=np.float32)
     n, d = emb.shape
     spec = index_spec(n, kind, nlist=nlist, nprobe=nprobe)
-    if float16 and spec.kind == "flat":
-        spec.params["vectors"] = "float16"
     p = spec.params
-    if spec.kind == "flat" and p.get("vectors") == "float16":  # exact search over float16 vectors
+    if spec.kind == "flat" and float16:  # exact search over float16 vectors
+        p["vectors"] = "float16"
         index = faiss.IndexScalarQuantizer(d, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
     elif spec.kind == "flat":
         index = faiss.IndexFlatIP(d)
@@ -165,7 +162,7 @@ class SavedGallery:
     image_ids: list[str]
     paths: list[str]
     index: Any  # faiss index
-    sides: dict[str, np.ndarray]  # name -> memory-mapped [N, ...] in the codec (float16 or int8)
+    sides: dict[str, np.ndarray]  # name -> memory-mapped [N, ...] in the codec (float16, int8; pca: uint8 kv)
     scales: dict[str, np.ndarray] = field(default_factory=dict)  # int8 sides: name -> [N, ...] float16
     kv_code: TransformCode | None = None  # codec "pca": the code of the "kv" side
     keys_dim: int = 0  # codec "pca": keys are the first keys_dim of a decoded kv row, values the rest
@@ -191,7 +188,7 @@ class SavedGallery:
         rows = np.asarray(rows, dtype=np.int64).reshape(-1)
         unique, back = np.unique(rows, return_inverse=True)  # each row read once, in file order
         values = {}
-        if self.kv_code is not None and KV_SIDE in self.sides:
+        if self.kv_code is not None:  # set only where the kv side is there
             kv = torch.from_numpy(self.kv_code.decode(read_rows(self.sides[KV_SIDE], unique))[back])
             if self.keys_dim:
                 values["keys"] = kv[..., :self.keys_dim].contiguous().to(device)
