@@ -113,3 +113,30 @@ def tune_malloc() -> None:
         libc.mallopt(m_trim_threshold, 1 << 31)
     except (OSError, AttributeError):  # not glibc
         pass
+
+
+_LOST_PEER = (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, EOFError)
+
+
+def quiet_lost_peer_threads(_worker_id: int | None = None) -> None:
+    """Drop the traceback of a helper thread whose peer process went away.
+
+    Tensors cross from a DataLoader worker to the parent through file descriptors that a
+    ``multiprocessing.resource_sharer`` thread in the worker hands out. When the run is
+    interrupted the parent stops asking mid-way, that thread fails with BrokenPipeError and
+    Python prints "Exception in thread ..." with a traceback on the shared stderr, under
+    the run's one closing line. Only lost-peer errors are dropped; anything else still
+    goes to the previous hook. Usable as a DataLoader ``worker_init_fn``.
+    """
+    import threading
+
+    previous = threading.excepthook
+    if getattr(previous, "_smcli_quiet", False):
+        return
+
+    def hook(args) -> None:
+        if not isinstance(args.exc_value, _LOST_PEER):
+            previous(args)
+
+    hook._smcli_quiet = True  # type: ignore[attr-defined]
+    threading.excepthook = hook

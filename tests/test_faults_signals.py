@@ -262,6 +262,29 @@ def run():
     assert proc.returncode == code and proc.stderr.strip() == line, proc.stderr
 
 
+def test_a_helper_thread_whose_peer_went_away_prints_no_traceback():
+    """CI once saw an interrupted extract-regions end with "Exception in thread ...
+    (_serve)" and a BrokenPipeError traceback: a DataLoader worker's resource-sharer thread
+    lost the parent mid-handover. Workers and a signalled parent drop lost-peer errors of
+    helper threads; any other thread error is still reported."""
+    code = """import threading
+from smcli.runtime import quiet_lost_peer_threads
+quiet_lost_peer_threads(0)
+quiet_lost_peer_threads(1)  # a second call keeps one hook
+def fail(exc):
+    raise exc
+for exc in (BrokenPipeError(32, 'Broken pipe'), ConnectionResetError(104, 'reset'), EOFError(), ValueError('real bug')):
+    t = threading.Thread(target=fail, args=(exc,), name=type(exc).__name__)
+    t.start(); t.join()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(None), capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "ValueError: real bug" in proc.stderr and proc.stderr.count("Traceback") == 1, proc.stderr
+    for quiet in ("BrokenPipeError", "ConnectionResetError", "EOFError"):
+        assert quiet not in proc.stderr, proc.stderr
+
+
 # ---------------------------------------------------------------------------------------
 # Broken pipes: every command that writes to stdout
 

@@ -13,6 +13,7 @@ import signal
 import sys
 
 from smcli.cli.app import StdoutClosed, app
+from smcli.runtime import quiet_lost_peer_threads
 
 # Registration order is the order of ``smcli --help``.
 from smcli.cli import extract as _extract  # noqa: E402,F401
@@ -65,12 +66,14 @@ def _send_later(sig: int) -> None:
 def _on_sigterm(signum, frame) -> None:
     _signalled.append(signum)
     sys.unraisablehook = _quiet_unraisable
+    quiet_lost_peer_threads()
     raise Terminated()
 
 
 def _on_sigint(signum, frame) -> None:
     _signalled.append(signum)
     sys.unraisablehook = _quiet_unraisable
+    quiet_lost_peer_threads()
     raise KeyboardInterrupt()
 
 

@@ -44,7 +44,7 @@ from smcli.images.features import DTYPES, regions_schema
 from smcli.images.journal import Journal
 from smcli.images.sources import ImageItem
 from smcli.report import Progress, RunReport, say, warn
-from smcli.runtime import cpu_cores, one_thread, torch_threads, tune_malloc
+from smcli.runtime import cpu_cores, one_thread, quiet_lost_peer_threads, torch_threads, tune_malloc
 from smcli.stage import OutputTarget, StageWriter, new_meta
 
 COMMAND = "extract-regions"
@@ -240,6 +240,7 @@ def _batches(paths: Sequence[str], opts: ExtractOptions, workers: int, pin: bool
             prefetch_factor=2,
             pin_memory=pin,
             persistent_workers=False,
+            worker_init_fn=quiet_lost_peer_threads,
         )
         batches = iter(loader)
     yield from batches
