@@ -37,7 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from smcli.models import ModelConfig, create_model
+from smcli.models import ModelConfig, create_model, fused_attention
 from smcli.runtime import autocast, resolve_precision
 
 REGIONS = 49  # a 7x7 grid
@@ -64,6 +64,16 @@ KERNELS = {
     "new": (lambda m, img, txt: m.score_grid(img, txt),
             lambda m, img, txt, ii, cc: m.score_pairs(img, txt, ii, cc)),
 }
+
+
+def fused_grid(m, img, txt):
+    """The new kernel with its grid attention as one compiled loop (smcli.models.fused_attention),
+    as exhaustive scoring runs it from fused_attention.MIN_PAIRS pairs."""
+    with fused_attention.fused_scope(True):
+        return m.score_grid(img, txt)
+
+
+KERNELS["fused"] = (fused_grid, KERNELS["new"][1])
 
 
 # -- inputs ---------------------------------------------------------------------------------
@@ -244,6 +254,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--profile", action="store_true", help="print torch.profiler's top operators of each kernel")
     ap.add_argument("--train-only", action="store_true", help="only the training steps (and the matmul bound)")
+    ap.add_argument("--no-fused", action="store_true", help="leave out the rows of the compiled attention loop")
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                     help="bf16: scoring and training under bf16 autocast, as smcli runs them on a CPU with "
                          "AVX512-BF16 (--precision auto); the %% of bound is then of the bf16 matmul bound")
@@ -291,7 +302,15 @@ def main() -> None:
     print(f"\nexhaustive scoring, {len(img)} images x {len(txt)} captions = {n_pairs:,} pairs, caption blocks of 512")
     print("| kernel | pairs/chunk | seconds | pairs/s | GFLOP/s (model FLOPs) | % of matmul bound | peak RSS rise |")
     print("|---|---|---|---|---|---|---|")
-    runs = [("old", 4096)] + [("new", c) for c in args.chunks]
+    if not args.no_fused:  # compiled once before the timed rows (inductor caches it on disk afterwards)
+        t = time.perf_counter()
+        with torch.inference_mode(), autocast("cpu", args.precision):
+            fused_grid(model, img.select(torch.arange(min(8, len(img)))), txt.select(torch.arange(min(512, len(txt)))))
+        failed = fused_attention._state["failed"]
+        print(f"fused attention loop: {'did not compile: ' + failed if failed else 'compiled'} in "
+              f"{time.perf_counter() - t:.1f} s (not counted below)")
+    runs = [("old", 4096)] + [("new", c) for c in args.chunks] + \
+        ([] if args.no_fused else [("fused", c) for c in args.chunks])
     scores = {}
     for kernel, chunk in runs:
         with PeakRSS() as mem:
@@ -308,6 +327,13 @@ def main() -> None:
     same = np.mean([np.array_equal(top[key][i], top["old", 4096][i]) for key in top for i in range(len(img))])
     print(f"max |new - old| score over the grid: {diff:.2e}; images whose top-10 captions (in order) are the "
           f"same as the old kernel's: {same:.1%}")
+    fused_keys = [key for key in scores if key[0] == "fused"]
+    if fused_keys:
+        eager = scores["new", 4096] if ("new", 4096) in scores else scores[next(k for k in scores if k[0] == "new")]
+        d = max(float(np.abs(scores[key] - eager).max()) for key in fused_keys)
+        rank = np.mean([np.array_equal(np.argsort(-scores[key], 1, kind="stable")[i],
+                                       np.argsort(-eager, 1, kind="stable")[i]) for key in fused_keys for i in range(len(img))])
+        print(f"max |fused - new| score: {d:.2e}; images whose whole caption ranking is the same as the new kernel's: {rank:.1%}")
 
     train_steps(args, bound_at_end=False)
     print(f"matmul bound again at the end: {matmul_gflops():.1f} GFLOP/s (the % above use the first figure)")
@@ -317,7 +343,7 @@ def main() -> None:
         from torch.profiler import ProfilerActivity, profile
 
         block, t = img.select(torch.arange(8)), txt.select(torch.arange(512))
-        for kernel in ("old", "new"):
+        for kernel in ("old", "new") if args.no_fused else ("old", "new", "fused"):
             fn = KERNELS[kernel][0]
             with torch.inference_mode(), autocast("cpu", args.precision):
                 fn(model, block, t)

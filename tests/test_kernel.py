@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smcli.models import ModelConfig, create_model, matchers
+from smcli.models import ModelConfig, create_model, fused_attention, matchers
 from smcli.models.matchers import Attention, full_precision
 
 SMALL = dict(inst_dim=32, ctx_dim=16, att_dim=16, sim_dim=32, hidden_dim=32, emb_dim=32,
@@ -146,14 +146,19 @@ OPTIONS = [dict(), dict(score_head="sum"), dict(local_skip=False, fuse_global=Fa
            dict(region_coverage=1.0, coverage=1.0, cross_scale=5.0, steps=4)]
 
 
-@pytest.fixture(params=["exp", "tanh", "tiny-blocks"])
+@pytest.fixture(params=["exp", "tanh", "tiny-blocks", "fused"])
 def kernel_path(request, monkeypatch):
-    """The exp form of tanh (the default on CPU), tanh itself, and blocks of a few pairs."""
+    """The exp form of tanh (the default on CPU), tanh itself, blocks of a few pairs, and the
+    exp form's grid logits as one compiled loop (smcli.models.fused_attention)."""
     if request.param == "tanh":
         monkeypatch.setattr(matchers, "_EXP_RANGE", -1.0)
     elif request.param == "tiny-blocks":
         monkeypatch.setattr(matchers, "_BLOCK", 100)
-    return request.param
+    elif request.param == "fused":
+        monkeypatch.setitem(fused_attention._state, "active", True)
+    yield request.param
+    if request.param == "fused":
+        assert fused_attention._state["failed"] is None, fused_attention._state["failed"]
 
 
 # -- scores and maps ----------------------------------------------------------------------
@@ -372,3 +377,71 @@ def test_region_coverage_makes_consecutive_steps_attend_different_regions():
     assert covered > 0.3 and covered > 5 * plain
     # the top region of step 2 is not step 1's
     assert (r[:, 1].argmax(-1) != r[:, 0].argmax(-1)).all()
+
+
+# -- the fused attention loop (torch.compile) and its fallback ------------------------------
+def test_exhaustive_scoring_uses_the_fused_loop_on_long_jobs_only(monkeypatch):
+    monkeypatch.delenv("SMCLI_COMPILE", raising=False)
+    assert fused_attention.wanted(fused_attention.MIN_PAIRS) and not fused_attention.wanted(fused_attention.MIN_PAIRS - 1)
+    monkeypatch.setenv("SMCLI_COMPILE", "0")
+    assert not fused_attention.wanted(10 ** 9)
+    monkeypatch.setenv("SMCLI_COMPILE", "1")
+    assert fused_attention.wanted(1)
+
+    from smcli.inference.scoring import exhaustive_scores
+
+    calls = []
+    real = fused_attention.grid_logits
+    monkeypatch.setattr(fused_attention, "grid_logits", lambda *a, **kw: calls.append(a[0].shape) or real(*a, **kw))
+    model = make("context").eval()
+    with torch.no_grad():
+        img, txt = sides(model)
+        ref = reference_fuse(model, img, txt, grid=True)[0].numpy()
+    fused = exhaustive_scores(model, img, txt)
+    assert len(calls) >= 2  # region and word logits of each step went through the loop
+    assert not fused_attention.active()  # the scope ended with the job
+    monkeypatch.setenv("SMCLI_COMPILE", "0")
+    calls.clear()
+    eager = exhaustive_scores(model, img, txt)
+    assert not calls
+    torch.testing.assert_close(torch.from_numpy(fused), torch.from_numpy(ref), **TOL)
+    assert abs(fused - eager).max() < 1e-6
+    assert (fused.argsort(1) == eager.argsort(1)).all()
+
+
+@pytest.mark.parametrize("n_img,lengths", [(1, (1,)), (1, (4, 1, 3)), (3, (1,)), (2, (1, 1))])
+def test_the_fused_loop_on_grids_with_sizes_of_one(n_img, lengths, monkeypatch):
+    """Sizes under 2 are padded for the compiled loop (dynamo would compile again for them)
+    and cut back: one image, one caption, captions of one word piece."""
+    monkeypatch.setitem(fused_attention._state, "active", True)
+    model = make("context").eval()
+    with torch.inference_mode():
+        img, txt = sides(model, n_img=n_img, lengths=lengths, pad_to=5)
+        grid = model.score_grid(img, txt)
+        ref = reference_fuse(model, img, txt, grid=True)[0]
+    assert grid.shape == (n_img, len(lengths)) and fused_attention._state["failed"] is None
+    torch.testing.assert_close(grid, ref, **TOL)
+
+
+def test_a_loop_that_does_not_compile_falls_back_with_one_note(monkeypatch, capsys):
+    from smcli.inference.scoring import exhaustive_scores
+
+    def no_compiler():
+        def fail(*args):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(fused_attention, "_compiled", no_compiler)
+    monkeypatch.setitem(fused_attention._state, "failed", None)
+    monkeypatch.setenv("SMCLI_COMPILE", "1")
+    model = make("context").eval()
+    with torch.no_grad():
+        img, txt = sides(model)
+        ref = reference_fuse(model, img, txt, grid=True)[0].numpy()
+    first = exhaustive_scores(model, img, txt)
+    second = exhaustive_scores(model, img, txt)
+    err = capsys.readouterr().err
+    assert err.count("smcli: note: the fused attention loop did not compile") == 1, err
+    assert "No working C++ compiler found" in err and len(err.strip().splitlines()) == 1
+    torch.testing.assert_close(torch.from_numpy(first), torch.from_numpy(ref), **TOL)
+    assert (first == second).all()

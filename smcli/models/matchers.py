@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smcli.models import fused_attention
 from smcli.models.config import ModelConfig
 from smcli.models.dropout import FeatureDropout
 from smcli.models.text_encoders import build_text_encoder
@@ -456,6 +457,10 @@ def _grid_logits(keys, ea, query, w, eb, *, images: bool, lengths) -> torch.Tens
     n_img, n_cap, da = query.shape
     K = keys.shape[1]
     keys, query, w = keys.float(), query.float(), w.float()
+    if eb is not None and fused_attention.active():
+        out = _fused_grid_logits(ea, w, eb, images=images, lengths=lengths)
+        if out is not None:
+            return out
     out = torch.zeros(n_img, n_cap, K)
     buf = torch.empty(_BLOCK + K * da)
     if images:  # keys [I, R, da]: blocks of (images, captions)
@@ -491,6 +496,25 @@ def _grid_logits(keys, ea, query, w, eb, *, images: bool, lengths) -> torch.Tens
             if b:
                 part.add_(b * w_sum)
             out[i0:i1, c0:c1, :Kb] = part
+    return out
+
+
+def _fused_grid_logits(ea, w, eb, *, images: bool, lengths) -> torch.Tensor | None:
+    """_grid_logits' exp form as one fused loop (smcli.models.fused_attention); None if it
+    did not compile. Captions keep their blocks of 64, each as long as its longest caption."""
+    w2, w_sum = w * 2.0, float(w.sum())
+    if images:
+        return fused_attention.grid_logits(ea, eb, w2, w_sum, images=True)
+    n_img, n_cap, _ = eb.shape
+    K = ea.shape[1]
+    out = torch.zeros(n_img, n_cap, K)
+    for c0 in range(0, n_cap, 64):
+        c1 = min(n_cap, c0 + 64)
+        Kb = K if lengths is None else max(1, min(K, int(lengths[c0:c1].max())))
+        part = fused_attention.grid_logits(ea[c0:c1, :Kb], eb[:, c0:c1], w2, w_sum, images=False)
+        if part is None:
+            return None
+        out[:, c0:c1, :Kb] = part
     return out
 
 
