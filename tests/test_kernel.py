@@ -382,7 +382,8 @@ def test_region_coverage_makes_consecutive_steps_attend_different_regions():
 # -- the fused attention loop (torch.compile) and its fallback ------------------------------
 def test_exhaustive_scoring_uses_the_fused_loop_on_long_jobs_only(monkeypatch):
     monkeypatch.delenv("SMCLI_COMPILE", raising=False)
-    assert fused_attention.wanted(fused_attention.MIN_PAIRS) and not fused_attention.wanted(fused_attention.MIN_PAIRS - 1)
+    assert fused_attention.wanted(fused_attention.MIN_PAIRS)
+    assert not fused_attention.wanted(fused_attention.MIN_PAIRS - 1)
     monkeypatch.setenv("SMCLI_COMPILE", "0")
     assert not fused_attention.wanted(10 ** 9)
     monkeypatch.setenv("SMCLI_COMPILE", "1")

@@ -4,12 +4,13 @@ On a CPU the eager kernel (:func:`smcli.models.matchers._grid_logits`) computes
 ``w . tanh(keys + query)`` as ``2 w . 1 / (1 + ea eb) - sum(w)`` in three passes over each
 [.., K, att] block: a multiply-add, a reciprocal and a matrix-vector product. Inductor fuses
 the three and the reduction into one vectorised loop that never stores the block: the
-attention alone runs about 3.6x faster, exhaustive scoring about 13% faster on a 2-core
-Xeon (BENCHMARKS.md, "Pair-scoring kernel"). Scores move by float rounding only (the sum
-over att runs in another order; 4.5e-08 on the bench's grid).
+attention alone runs about 3.6x faster, exhaustive scoring 1.2-1.4x in pairs/s on a 2-core
+Xeon, though a full Flickr8k test run measured no gain yet (BENCHMARKS.md, "Pair-scoring
+kernel: the fused attention loop"). Scores move by float rounding only (the sum over att
+runs in another order; 4.5e-08 on the bench's grid, 7e-07 on Flickr8k, recalls identical).
 
-Compiling costs 7-20 s once per process (inductor keeps the generated code on disk, so a
-later process compiles faster), which pays only on long jobs: :func:`fused_scope` switches
+Compiling costs about 24 s on a machine's first run and 4 s after (inductor keeps the
+generated code on disk), which pays only on long jobs: :func:`fused_scope` switches
 the loop on, and exhaustive scoring asks for it from :data:`MIN_PAIRS` pairs. Where
 ``torch.compile`` does not work (no C++ compiler, a platform inductor does not support) the
 first call fails, smcli says so in one line on stderr and the eager kernel runs.
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-MIN_PAIRS = 4_000_000  # break-even with a cold inductor cache: ~20 s of compiling against ~13% of scoring
+MIN_PAIRS = 4_000_000  # a cold inductor cache's ~24 s of compiling against a ~20% faster scoring
 
 _state: dict = {"active": False, "fn": None, "failed": None}
 
@@ -46,7 +47,7 @@ def wanted(n_pairs: int) -> bool:
 def fused_scope(enabled: bool = True) -> Iterator[None]:
     """Within the block, grid attention logits on the CPU use the fused loop (if it compiles)."""
     before = _state["active"]
-    _state["active"] = bool(enabled) and _state["failed"] is None
+    _state["active"] = bool(enabled)
     try:
         yield
     finally:
@@ -54,7 +55,7 @@ def fused_scope(enabled: bool = True) -> Iterator[None]:
 
 
 def active() -> bool:
-    return _state["active"]
+    return _state["active"] and _state["failed"] is None
 
 
 def _logits(ea: torch.Tensor, eb: torch.Tensor, w2: torch.Tensor, w_sum: float) -> torch.Tensor:
@@ -103,7 +104,6 @@ def grid_logits(ea: torch.Tensor, eb: torch.Tensor, w2: torch.Tensor, w_sum: flo
     except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager kernel is always there
         reason = " ".join(str(exc).split()) or type(exc).__name__
         _state["failed"] = reason
-        _state["active"] = False
         print(f"smcli: note: the fused attention loop did not compile ({type(exc).__name__}: {reason[:160]}); "
               "scoring with the eager kernel (SMCLI_COMPILE=0 skips the attempt)", file=sys.stderr, flush=True)
         return None

@@ -482,9 +482,7 @@ def _grid_logits(keys, ea, query, w, eb, *, images: bool, lengths) -> torch.Tens
     # only as long as its longest caption
     cb = max(1, min(n_cap, 64, _BLOCK // (K * da)))
     w_sum = float(w.sum())
-    for c0 in range(0, n_cap, cb):
-        c1 = min(n_cap, c0 + cb)
-        Kb = K if lengths is None else max(1, min(K, int(lengths[c0:c1].max())))
+    for c0, c1, Kb in _caption_blocks(n_cap, K, lengths, cb):
         ib = max(1, min(n_img, _BLOCK // ((c1 - c0) * Kb * da)))
         for i0 in range(0, n_img, ib):
             i1 = min(n_img, i0 + ib)
@@ -499,6 +497,14 @@ def _grid_logits(keys, ea, query, w, eb, *, images: bool, lengths) -> torch.Tens
     return out
 
 
+def _caption_blocks(n_cap: int, K: int, lengths, size: int):
+    """(start, end, length) over captions sorted by length, ``size`` at a time, each block
+    only as long as its longest caption (all K when the lengths are not known)."""
+    for c0 in range(0, n_cap, size):
+        c1 = min(n_cap, c0 + size)
+        yield c0, c1, K if lengths is None else max(1, min(K, int(lengths[c0:c1].max())))
+
+
 def _fused_grid_logits(ea, w, eb, *, images: bool, lengths) -> torch.Tensor | None:
     """_grid_logits' exp form as one fused loop (smcli.models.fused_attention); None if it
     did not compile. Captions keep their blocks of 64, each as long as its longest caption."""
@@ -508,9 +514,7 @@ def _fused_grid_logits(ea, w, eb, *, images: bool, lengths) -> torch.Tensor | No
     n_img, n_cap, _ = eb.shape
     K = ea.shape[1]
     out = torch.zeros(n_img, n_cap, K)
-    for c0 in range(0, n_cap, 64):
-        c1 = min(n_cap, c0 + 64)
-        Kb = K if lengths is None else max(1, min(K, int(lengths[c0:c1].max())))
+    for c0, c1, Kb in _caption_blocks(n_cap, K, lengths, 64):
         part = fused_attention.grid_logits(ea[c0:c1, :Kb], eb[:, c0:c1], w2, w_sum, images=False)
         if part is None:
             return None
