@@ -290,3 +290,62 @@ def test_attention_that_moves_trains_from_the_cli(example_pipeline, tmp_path):
     assert moves > 0.05 and moves > 5 * plain
     rc, _, err = run_main("train", *common, "--region-coverage", "-1", "-o", tmp_path / "bad", cwd=REPO)
     assert_one_line_error(rc, err, "region")
+
+
+def test_minilm_word_layers_below_the_last_carry_less_sentence_context():
+    """Layer 0's state of a word piece is its embedding (with its position): the same in two
+    sentences, where the last layer's differs; several layers sit side by side; each set of
+    layers has its own cache entry and the sentence vector is the last layer's in every one."""
+    from smcli.models import minilm
+
+    caps = ["a dog runs on the grass", "a dog sleeps in a red car"]
+    last = minilm.encode(caps)
+    zero = minilm.encode(caps, layers=(0,))
+    both = minilm.encode(caps, layers=(0, 6))
+    dog = [last.offsets[i] + 1 for i in range(2)]  # "a", "dog", ...: the same piece at the same place
+    assert np.array_equal(zero.states[dog[0]], zero.states[dog[1]])
+    assert np.abs(last.states[dog[0]].astype(np.float32) - last.states[dog[1]]).max() > 0.05
+    assert both.states.shape[1] == 2 * minilm.DIM
+    assert np.array_equal(both.states, np.concatenate([zero.states, last.states], axis=1))
+    assert np.array_equal(both.sentence, last.sentence) and np.array_equal(zero.offsets, last.offsets)
+    assert len({minilm.captions_key(caps), minilm.captions_key(caps, (0,)), minilm.captions_key(caps, (0, 6))}) == 3
+
+
+def test_train_with_word_layers_builds_and_scores_the_wider_words(example_pipeline, tmp_path):
+    """--word-layers 0+6 is saved in the config, widens the word projection to 2 x 384 inputs,
+    and the model then scores and explains captions (its own word states at those layers); a
+    layer that MiniLM lacks, or one given twice, is refused in one line, and so is an ensemble
+    whose members read different layers."""
+    from safetensors.torch import load_file
+
+    from smcli.inference import explain
+    from smcli.inference.inputs import resolve_images
+    from smcli.inference.matcher import MatchModel
+    from smcli.inference.tasks import load_features
+
+    common = ["--regions", example_pipeline["feats"], "--captions", example_pipeline["captions"],
+              "--batch-size", "16", "--epochs", "1", "--seed", "0", *SMALL_MODEL_ARGS]
+    rc, _, err = run_main("train", *common, "--word-layers", "0+6", "-o", tmp_path / "wide", cwd=REPO)
+    assert rc == 0, err
+    assert json.loads((tmp_path / "wide" / "config.json").read_text())["model"]["word_layers"] == "0+6"
+    assert load_file(tmp_path / "wide" / "model.safetensors")["word_proj.weight"].shape == (64, 768)
+    model = MatchModel(str(tmp_path / "wide"), device="cpu", precision="fp32")
+    feats = load_features(model, str(example_pipeline["feats"]))
+    one = resolve_images([feats.image_ids[0]], feats, model.features)
+    ex = explain.explain_pair(model, one, "a dog runs on the grass")
+    assert np.isfinite(ex.score) and ex.word_weights.shape[-1] == len(ex.words)
+    rc, _, err = run_main("retrieve", "--model", tmp_path / "wide", "--regions", example_pipeline["feats"],
+                            "--query", "a dog runs on the grass", "--top-k", "3", "-o", tmp_path / "hits.parquet",
+                            cwd=REPO)
+    assert rc == 0, err
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(tmp_path / "hits.parquet").num_rows == 3
+    for bad in ("7", "6+6", "last"):
+        rc, _, err = run_main("train", *common, "--word-layers", bad, "-o", tmp_path / "bad", cwd=REPO)
+        assert_one_line_error(rc, err, "--word-layers")
+    rc, _, err = run_main("train", *common, "-o", tmp_path / "plain", cwd=REPO)
+    assert rc == 0, err
+    rc, _, err = run_main("retrieve", "--model", f"{tmp_path / 'wide'},{tmp_path / 'plain'}", "--regions",
+                          example_pipeline["feats"], "--query", "a dog", cwd=REPO)
+    assert_one_line_error(rc, err, "word layers")

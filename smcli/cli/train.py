@@ -40,6 +40,11 @@ def train_cmd(
         help="minilm (frozen all-MiniLM-L6-v2 token states) | bilstm (the paper's word-vector BiLSTM)."),
     word_vectors: str | None = _opt(
         "word_vectors", "--word-vectors", help="Initialise bilstm word embeddings from glove-6b-50d."),
+    word_layers: str | None = _opt(
+        "word_layers", "--word-layers",
+        help="minilm: the layers whose token states are the word instances, 0 (word-piece "
+             "embeddings, no sentence context) to 6 (the last), several joined by + (side by "
+             "side, e.g. 0+6). The sentence vector is always the last layer's."),
     epochs: int | None = _opt("epochs", "--epochs", help="Most epochs to train.", model=False),
     batch_size: int | None = _opt("batch_size", "--batch-size", help="Captions per step.", model=False),
     lr: float | None = _opt("lr", "--lr", help="Adam learning rate.", model=False),
@@ -126,7 +131,8 @@ def train_cmd(
     from smcli.training.trainer import train
 
     cfg, opts = split_options(
-        variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, steps=steps, inst_dim=inst_dim,
+        variant=variant, text_encoder=text_encoder, word_vectors=word_vectors, word_layers=word_layers,
+        steps=steps, inst_dim=inst_dim,
         sim_dim=sim_dim, att_dim=att_dim, hidden_dim=hidden_dim, emb_dim=emb_dim, score_head=score_head,
         fuse_global=fuse_global, dropout=dropout, dropout_draw=dropout_draw, emb_dropout=emb_dropout,
         att_scale=att_scale, cross_scale=cross_scale, coverage=coverage, region_coverage=region_coverage,

@@ -126,7 +126,7 @@ def _encode_caption(model, caption: str):
         from smcli.models import minilm
         from smcli.models.text_inputs import MiniLMStore
 
-        states = minilm.encode([caption], device=model.device, keep_pieces=True)
+        states = minilm.encode([caption], layers=cfg.minilm_layers, device=model.device, keep_pieces=True)
         pieces = list(states.pieces[0])
         if not pieces:
             raise InputError(f"--caption {caption!r}: no word pieces")

