@@ -89,7 +89,9 @@ MODELS = {
         "The sm-LSTM re-ranker on its own one-to-one head, on efficientnet-lite0+lite2 features "
         "(7x7x2560: both offline EfficientNets side by side), with word-steered region attention, "
         "word coverage and region coverage (each step holds back the regions and words earlier "
-        "steps selected, so the steps select different pairs): the best Flickr8k model here; "
+        "steps selected, so the steps select different pairs), reading MiniLM's word-piece "
+        "embeddings beside its last layer as the word instances (--word-layers 0+6): the best "
+        "Flickr8k model here; "
         "two-stage search. "
         "Its photos must be extracted with --backbone efficientnet-lite0+lite2.",
         ("extract-pair", "tokenize", "train-pair-vse-seed{seed}", "train-pair-smlstm-seed{seed}"),
