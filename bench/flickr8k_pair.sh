@@ -3,8 +3,10 @@
 # ImageNet networks side by side, 7x7x2560 at 224) instead of Lite0's 7x7x1280. For each
 # seed: the vse head (the benchmark's vse command), then the sm-LSTM recipe as a
 # re-ranker on that seed's head (3 epochs, word-steered attention, word and region
-# coverage; EXTRA="--coverage 1 --region-coverage 0 --att-scale 0" gives the recipe
-# before "Attention that moves"), then
+# coverage, word instances from MiniLM's embedding layer beside its last layer;
+# EXTRA="--word-layers 6" gives the recipe before "Word instances with less sentence
+# context", and EXTRA="--word-layers 6 --coverage 1 --region-coverage 0 --att-scale 0" the
+# one before "Attention that moves"), then
 # test: the head alone (exhaustive) and the re-ranker two-stage (shortlist 50).
 # Run bench/flickr8k.sh first (captions). About 25 minutes a seed on a 2-core box, plus
 # 6 minutes of extraction once.
@@ -45,9 +47,12 @@ for seed in ${SEEDS:-0 1 2}; do
         # different regions), sharper attention; BENCHMARKS.md "Attention that moves"
         steer=(--cross-scale 9 --coverage 10 --region-coverage 1 --att-scale 3)
         [ "$v" = mean ] && steer=()  # no attention to steer
+        # word instances: MiniLM's word-piece embeddings (layer 0, no sentence context) beside
+        # its last layer; BENCHMARKS.md "Word instances with less sentence context"
+        words=(--word-layers 0+6)
         m="$W/model-pair-$v${TAG:-}-seed$seed"
         # shellcheck disable=SC2086  # EXTRA is a list of options
-        run "train-pair-$v${TAG:-}-seed$seed" "$SMCLI" train "${data[@]}" --variant "$v" "${steer[@]}" --inst-dim 256 --att-dim 128 \
+        run "train-pair-$v${TAG:-}-seed$seed" "$SMCLI" train "${data[@]}" --variant "$v" "${steer[@]}" "${words[@]}" --inst-dim 256 --att-dim 128 \
             --hidden-dim 256 --local-skip --fuse-global --global-weight val --dropout 0.3 \
             --init "$head" --freeze-embedding --epochs 3 --patience 2 --seed "$seed" ${EXTRA:-} --overwrite -o "$m"
         "$SMCLI" retrieve --eval --split test --shortlist 50 --model "$m" "${data[@]}" \
