@@ -236,7 +236,9 @@ def main() -> None:
         config = json.loads((src / "config.json").read_text())
         commands = [portable((logs / f"{s}.cmd").read_text().strip().removeprefix("+ "), args.work)
                     for s in shipped.steps]
-        commands.append(f"python bench/package_pretrained.py --only {name}  (make pretrained runs all of the above)")
+        tag = f" --pair-tag={args.pair_tag}" if name == "flickr8k-pair" and args.pair_tag else ""
+        commands.append(f"python bench/package_pretrained.py --only {name}{tag}  "
+                        "(make pretrained runs all of the above)")
         notes = seed_note + [t.partition("=")[2] for t in args.note if t.partition("=")[0] == name]
         card = {
             "name": name, "summary": shipped.summary, "notes": notes, "variant": config["model"]["variant"],

@@ -77,7 +77,7 @@ class ModelConfig:
         options.choice(self, "global_weight", GLOBAL_WEIGHTS)
         options.choice(self, "dropout_draw", DROPOUT_DRAWS)
         if not re.fullmatch(r"[0-6](\+[0-6])*", self.word_layers) or \
-                len(set(self.word_layers.split("+"))) != len(self.word_layers.split("+")):
+                len(set(self.minilm_layers)) != len(self.minilm_layers):
             options.fail("word_layers", self.word_layers, "give MiniLM layers 0-6, several joined by + (e.g. 0+6)")
         if self.word_layers != "6" and self.text_encoder != "minilm":
             options.fail("word_layers", self.word_layers, "applies to --text-encoder minilm")

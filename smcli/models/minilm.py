@@ -87,6 +87,7 @@ def encode(captions: list[str], *, layers: tuple[int, ...] = (LAST_LAYER,), batc
     import torch
 
     tokenizer, model = _load_model(device)
+    other_layers = tuple(layers) != (LAST_LAYER,)  # word states not (only) the last layer's
     n = len(captions)
     order = np.argsort([len(c) for c in captions], kind="stable")
     per_caption: list[np.ndarray | None] = [None] * n
@@ -98,13 +99,13 @@ def encode(captions: list[str], *, layers: tuple[int, ...] = (LAST_LAYER,), batc
             enc = tokenizer([captions[i] for i in idx], padding=True, truncation=True,
                             max_length=MAX_PIECES + 2, return_tensors="pt")
             enc = {k: v.to(device) for k, v in enc.items()}
-            out = model(**enc, output_hidden_states=tuple(layers) != (LAST_LAYER,))
+            out = model(**enc, output_hidden_states=other_layers)
             hidden = out.last_hidden_state.float()
             mask = enc["attention_mask"].unsqueeze(-1).float()
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             sentence[idx] = torch.nn.functional.normalize(mean, dim=-1).cpu().numpy()
             lengths = enc["attention_mask"].sum(1).tolist()
-            if tuple(layers) != (LAST_LAYER,):  # hidden_states[0] is the embeddings' output
+            if other_layers:  # hidden_states[0] is the embeddings' output
                 hidden = torch.cat([out.hidden_states[k].float() for k in layers], dim=-1)
             hidden16 = hidden.cpu().numpy().astype(np.float16)
             for row, i in enumerate(idx):
