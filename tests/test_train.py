@@ -105,6 +105,30 @@ def test_resume_after_kill_continues_to_the_same_result(example_pipeline, tmp_pa
     assert not (out / "INCOMPLETE").exists()
 
 
+def test_resume_with_more_epochs_trains_on_to_what_one_longer_run_gives(example_pipeline, tmp_path):
+    """A finished 2-epoch run resumed with --epochs 3 equals a 3-epoch run of the same seed
+    (the schedule does not depend on the number of epochs); fewer epochs than done is refused."""
+    args = ["train", "--regions", str(example_pipeline["feats"]), "--captions",
+            str(example_pipeline["captions"]), "--batch-size", "8", "--seed", "5", "--patience", "9",
+            *SMALL_MODEL_ARGS]
+    rc, _, err = run_main(*args, "--epochs", "3", "-o", tmp_path / "straight", cwd=REPO)
+    assert rc == 0, err
+    out = tmp_path / "extended"
+    rc, _, err = run_main(*args, "--epochs", "2", "-o", out, cwd=REPO)
+    assert rc == 0, err
+    assert len(metrics(out)) == 2
+
+    rc, _, err = run_main(*args, "--epochs", "3", "-o", out, "--resume", cwd=REPO)
+    assert rc == 0, err
+    assert "up to 3 epochs (started with 2)" in err and "resuming at epoch 3" in err
+    assert metrics(out) == metrics(tmp_path / "straight")
+    assert (out / "model.safetensors").read_bytes() == (tmp_path / "straight" / "model.safetensors").read_bytes()
+    assert json.loads((out / "config.json").read_text())["training"]["epochs"] == 3
+
+    assert_one_line_error(*run_main(*args, "--epochs", "3", "-o", out, "--resume", cwd=REPO)[::2],
+                          "--epochs 3 with --resume", "trained 3 epoch(s) already")
+
+
 def test_cca_is_fitted_and_chosen_on_val(example_pipeline, tmp_path):
     """Every setting of the grid is scored on val, and the saved model is the val argmax:
     its config holds that setting, and scoring it on val again gives the same rsum."""

@@ -114,7 +114,9 @@ def train_cmd(
     device: str | None = _opt("device", "--device", help="auto | cpu | cuda | cuda:N", model=False),
     precision: str | None = _opt(
         "precision", "--precision", help="auto (bf16 autocast where the hardware has it) | fp32 | bf16.", model=False),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in the same directory."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue an interrupted run in the same directory, with its saved settings; "
+        "with --epochs N, train a finished or interrupted run on to N epochs in all."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a model already in the directory."),
     checkpoint_every: int | None = _opt(
         "checkpoint_every", "--checkpoint-every", help="Steps between resumable checkpoints (and every epoch end).",

@@ -40,6 +40,7 @@ class TrainOptions:
     device: str = "auto"
     precision: str = "auto"  # bf16 autocast where the hardware has it (see smcli.runtime)
     resume: bool = False
+    resume_epochs: int = 0  # with resume: train up to this many epochs in all (0: as the run was started)
     overwrite: bool = False
     max_steps_per_epoch: int = 0  # 0 = all; for smoke runs
     init_from: str | None = None  # model dir whose embedding head (and text encoder) start this one
@@ -50,7 +51,7 @@ class TrainOptions:
         options.check_types(self)
         options.at_least(self, 1, "epochs", "patience", "checkpoint_every")
         options.at_least(self, 2, "batch_size")
-        options.at_least(self, 0, "lr", "lr_decay_epochs", "margin", "mine", "emb_weight", "grad_clip",
+        options.at_least(self, 0, "resume_epochs", "lr", "lr_decay_epochs", "margin", "mine", "emb_weight", "grad_clip",
                          "weight_decay", "val_shortlist", "max_steps_per_epoch")
         options.choice(self, "precision", PRECISIONS)
         if self.freeze_embedding and not self.init_from:
@@ -68,5 +69,8 @@ def split_options(**values) -> tuple[ModelConfig, TrainOptions]:
     if unknown:
         raise UsageError(f"unknown training option(s): {', '.join(unknown)}")
     values = options.given(**values)
+    if values.get("resume") and "epochs" in values:
+        # a resumed run keeps its saved settings; --epochs alone may change, to train on
+        values["resume_epochs"] = values["epochs"]
     return (ModelConfig(**{k: v for k, v in values.items() if k in model_fields}),
             TrainOptions(**{k: v for k, v in values.items() if k in train_fields}))

@@ -42,7 +42,7 @@ from smcli.models.factory import INCOMPLETE_FILE, ModelInfo, create_model, save_
 from smcli.models.text_inputs import make_text_store
 from smcli.report import say
 from smcli.runtime import autocast, resolve_device, resolve_precision
-from smcli.training.checkpoint import STATE_FILE, load_state, resume_settings, save_state
+from smcli.training.checkpoint import STATE_FILE, load_state, read_progress, resume_settings, save_state
 from smcli.training.distributed import SINGLE, World, connected_zero, join_world
 from smcli.training.fusion import choose_global_weight
 from smcli.training.loss import mine_negatives, ranking_loss_grid, ranking_loss_mined
@@ -249,6 +249,7 @@ class Trainer:
                 self.log("no saved state to resume from; starting afresh")
             else:
                 progress = saved
+                progress["options"] = {**progress["options"], "epochs": opts.epochs}
                 self.log(f"resuming at epoch {progress['epoch'] + 1}, step {progress['step']}")
         self.log(f"{self.cfg.variant} ({self.cfg.text_encoder}) on {self.device} ({self.precision}): "
                  f"{len(self.train_caps):,} train / {len(self.val_caps):,} val captions, "
@@ -266,10 +267,24 @@ class Trainer:
             world.broadcast_module(model)
         if progress["bad_epochs"] >= opts.patience:
             self.log(f"stopped early: no better val rsum for {opts.patience} epochs")
+        if opts.resume and world.is_main:
+            self._record_epochs(opts.epochs)
         self.log(f"best val rsum {progress['best_rsum']:.1f} at epoch {progress['best_epoch']}; "
                  f"model in {self.out_dir}")
         return world.broadcast_object(json.loads((self.out_dir / "config.json").read_text())["best"]
                                       if world.is_main else None)
+
+    def _record_epochs(self, epochs: int) -> None:
+        """config.json names the epochs the run was trained to (a resume with --epochs may
+        have raised them after the chosen epoch was saved)."""
+        from smcli.stage import AtomicFile
+
+        path = self.out_dir / "config.json"
+        saved = json.loads(path.read_text())
+        if saved.get("training", {}).get("epochs") != epochs:
+            saved["training"]["epochs"] = epochs
+            with AtomicFile(path) as fh:
+                fh.handle.write(json.dumps(saved, indent=2, sort_keys=True).encode())
 
     # -- step 1: train one epoch ----------------------------------------------------------
     def train_one_epoch(self, model, optimizer, store, progress: dict[str, Any], lr: float) -> EpochStats:
@@ -479,19 +494,31 @@ def train(regions: str, captions: str, out_dir: str | Path, cfg: ModelConfig,
         world.leave()
 
 
+def _resume_point(out: Path) -> tuple[ModelConfig, TrainOptions, int] | None:
+    """A saved run's settings and the epochs it has finished (None: nothing to resume)."""
+    settings = resume_settings(out)
+    return None if settings is None else (*settings, read_progress(out)["epoch"])
+
+
 def _train_in(world: World, regions: str, captions: str, out: Path, cfg: ModelConfig,
               opts: TrainOptions) -> dict[str, Any]:
     from smcli.dataset import load_matching_data
 
     if world.is_main:
         prepare_output(out, opts)
-    saved = world.broadcast_object(resume_settings(out) if opts.resume and world.is_main else None)
+    saved = world.broadcast_object(_resume_point(out) if opts.resume and world.is_main else None)
     if saved is not None:
         # a resumed run continues with the settings it started with
-        cfg, saved_opts = saved
-        opts = replace(saved_opts, device=opts.device)
+        cfg, saved_opts, done = saved
+        epochs = opts.resume_epochs or saved_opts.epochs  # --epochs on a resume: train on to this many
+        if opts.resume_epochs and opts.resume_epochs <= done:
+            raise UsageError(f"--epochs {opts.resume_epochs} with --resume: {out} has trained {done} "
+                             "epoch(s) already; give more to train on")
+        opts = replace(saved_opts, device=opts.device, epochs=epochs, resume_epochs=0)
         if world.is_main:
-            say("train", f"resuming a {cfg.variant} ({cfg.text_encoder}) run with its saved settings")
+            say("train", f"resuming a {cfg.variant} ({cfg.text_encoder}) run with its saved settings"
+                + (f", up to {epochs} epochs (started with {saved_opts.epochs})"
+                   if epochs != saved_opts.epochs else ""))
     mapped = cfg.many_to_many and world.size > 1  # P processes, one copy of the grids a machine
     data = load_matching_data(regions, captions, with_regions=cfg.many_to_many and not mapped)
     if not mapped:
