@@ -239,8 +239,8 @@ def test_a_damaged_transform_code_is_a_one_line_refusal(tmp_path):
 
     out = tmp_path / "g"
     save_gallery(out, meta={}, image_ids=[str(i) for i in range(40)], paths=[""] * 40,
-                 embeddings=clustered(np.random.default_rng(0), 40, 8, 4), side_chunks=chunks_of(low_rank_sides(40), 16),
-                 kind="flat", codec="pca")
+                 embeddings=clustered(np.random.default_rng(0), 40, 8, 4),
+                 side_chunks=chunks_of(low_rank_sides(40), 16), kind="flat", codec="pca")
     code = out / "kv.code.npz"
     code.write_bytes(code.read_bytes()[:100])
     with pytest.raises(InputError, match=r"damaged smcli index \(kv.code.npz: .*rebuild it with smcli index"):
