@@ -416,3 +416,57 @@ def test_a_signal_while_the_journal_is_locked_leaves_no_new_folder(tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         j.lock()
     assert j.dir.is_dir() == existed and not j.locked
+
+
+def test_tune_layout_measures_keeps_the_rows_and_remembers(tmp_path, monkeypatch):
+    """--tune-layout runs each candidate worker count on the first whole batches, keeps their
+    rows (the file equals an untuned run's, bit for bit), remembers the fastest for this
+    machine, and a later run with --workers unset uses it; --workers wins over it."""
+    import json
+
+    from smcli.images import layout
+
+    monkeypatch.setenv("SMCLI_CACHE_DIR", str(tmp_path / "cache"))
+    files = [str(f) for f in some_images(tmp_path / "imgs", 26)]
+    args = ["--weights", "none", "--image-size", "64", "--batch-size", "2"]
+    rc, _, err = run_main("extract-regions", *files, "-o", tmp_path / "tuned.parquet", *args, "--tune-layout")
+    assert rc == 0, err
+    rc, _, err1 = run_main("extract-regions", *files, "-o", tmp_path / "plain.parquet", *args, "--workers", "1")
+    assert rc == 0, err1
+    tuned, plain = regions_by_id(tmp_path / "tuned.parquet"), regions_by_id(tmp_path / "plain.parquet")
+    assert list(tuned) == list(plain) == [Path(f).name for f in files]
+    assert all(np.array_equal(tuned[k], plain[k]) for k in plain)
+
+    saved = json.loads((tmp_path / "cache" / layout.LAYOUT_FILE).read_text())
+    (key, entry), = saved.items()
+    assert "64px | batch 2" in key
+    rates = {int(n): r for n, r in entry["images_per_s"].items()}
+    # 26 images in batches of 2: one worker measures 8, two 16, and three (24) do not fit in the 2 left
+    assert set(rates) == {n for n in layout.candidates(os.cpu_count() or 1, 8) if n <= 2} and all(rates.values())
+    assert entry["workers"] == layout.choose(rates)
+    assert "layout measured: 1 worker(s)" in err and f"{entry['workers']} from now on" in err
+
+    rc, _, err = run_main("extract-regions", *files, "-o", tmp_path / "again.parquet", *args)
+    assert rc == 0 and f"{entry['workers']} worker process(es)" in err
+    assert_one_line_error(*run_main("extract-regions", *files, "-o", tmp_path / "x.parquet", *args,
+                                    "--tune-layout", "--workers", "2")[::2], "--tune-layout", "drop --workers 2")
+
+
+def test_layout_choice_and_an_unwritable_cache(tmp_path, monkeypatch):
+    from smcli.images import layout
+
+    assert layout.candidates(2, 8) == [1, 2, 3] and layout.candidates(1, 8) == [1, 2]
+    assert layout.candidates(16, 8) == [8]
+    assert layout.choose({1: 40.0, 2: 80.0, 3: 79.0}) == 2  # within 3%: the fewer processes
+    assert layout.choose({1: 40.0, 2: 70.0, 3: 80.0}) == 3
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("SMCLI_CACHE_DIR", str(blocker / "cache"))  # under a file: cannot be made
+    assert layout.remember("k", {1: 10.0, 2: 20.0}) == 2  # the choice stands, the memory is lost
+    assert layout.remembered("k") is None
+    monkeypatch.setenv("SMCLI_CACHE_DIR", str(tmp_path / "c"))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / layout.LAYOUT_FILE).write_text("{not json")
+    assert layout.remembered("k") is None  # unreadable: measured again next time
+    layout.remember("k", {1: 10.0, 2: 20.0})
+    assert layout.remembered("k") == 2

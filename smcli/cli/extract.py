@@ -51,6 +51,11 @@ def extract_regions_cmd(
              "thread (default: one per core, at most 8). CUDA: they decode (default: half the "
              "cores, 1 to 4). 0: everything in this process.",
     ),
+    tune_layout: bool = typer.Option(
+        False, "--tune-layout",
+        help="CPU, --workers unset: measure 1/2 x cores, one per core and one more worker process on "
+             "the first images (their rows are kept), run the rest with the fastest and remember it "
+             "for this machine, backbone and image size (later runs use it)."),
     threads: int | None = typer.Option(
         None, "--threads", min=1,
         help="Torch threads when the network runs in this process (--workers 0, CUDA). "
@@ -88,8 +93,8 @@ def extract_regions_cmd(
     Example: smcli extract-regions examples/images -o feats.parquet
     """
     options = dict(backbone=backbone, image_size=image_size, weights=weights, batch_size=batch_size,
-                   workers=workers, threads=threads, dtype=dtype, device=device, max_pixels=max_pixels,
-                   progress=progress)
+                   workers=workers, tune_layout=tune_layout, threads=threads, dtype=dtype, device=device,
+                   max_pixels=max_pixels, progress=progress)
     if shard is not None or shards is not None:
         from smcli.distributed.extract import extract_in_shards
 
@@ -99,6 +104,4 @@ def extract_regions_cmd(
     from smcli.images.extract import extract_regions
 
     extract_regions(inputs, output, root=root, path_column=path_column, errors=errors, strict=strict,
-                    backbone=backbone, image_size=image_size, weights=weights, batch_size=batch_size,
-                    workers=workers, threads=threads, dtype=dtype, device=device, max_pixels=max_pixels,
-                    resume=resume, progress=progress)
+                    resume=resume, **options)

@@ -115,6 +115,9 @@ def extract_in_shards(inputs: str | os.PathLike | Sequence[str | os.PathLike], o
     """``--shard i/N`` (:func:`extract_shard`) or ``--shards N`` (:func:`extract_sharded`),
     with the checks of the options that go with each."""
     check_shard_options(shard, shards, errors=errors, distributor=distributor, ray_address=ray_address)
+    if options.get("tune_layout"):
+        raise UsageError("--tune-layout is for one extract-regions process; a shard runs the workers it "
+                         "is given (--workers, default one per core)")
     if shard is not None:
         return extract_shard(inputs, output, shard, resume=resume, **options)
     if resume:

@@ -24,6 +24,7 @@ removed when the output is complete. Images that failed are retried on resume.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -42,6 +43,7 @@ from smcli.images.backbones import DEFAULT_BACKBONE, DEFAULT_IMAGE_SIZE, Backbon
 from smcli.images.decode import DEFAULT_MAX_PIXELS, ImageError, load_image
 from smcli.images.features import DTYPES, regions_schema
 from smcli.images.journal import Journal
+from smcli.images.layout import PROBE_BATCHES, candidates, machine_key, remember, remembered
 from smcli.images.sources import ImageItem
 from smcli.report import Progress, RunReport, say, warn
 from smcli.runtime import cpu_cores, one_thread, quiet_lost_peer_threads, torch_threads, tune_malloc
@@ -57,7 +59,8 @@ class ExtractOptions:
     image_size: int = DEFAULT_IMAGE_SIZE
     weights: str = "default"
     batch_size: int | None = None  # None: default_batch_size(image_size)
-    workers: int | None = None  # None: default_workers(device)
+    workers: int | None = None  # None: the layout remembered for this machine, else default_workers(device)
+    tune_layout: bool = False  # measure the worker counts on the first images, remember the fastest
     threads: int | None = None  # torch threads of a network in this process; None: all cores
     dtype: str = "float16"
     device: str = "auto"
@@ -107,6 +110,8 @@ def _check_options(opts: ExtractOptions) -> None:
         raise UsageError(f"--batch-size {opts.batch_size}: must be at least 1")
     if opts.workers is not None and opts.workers < 0:
         raise UsageError(f"--workers {opts.workers}: must be 0 (decode inline) or more")
+    if opts.tune_layout and opts.workers is not None:
+        raise UsageError(f"--tune-layout measures the number of workers: drop --workers {opts.workers}")
     if opts.max_pixels < 1:
         raise UsageError(f"--max-pixels {opts.max_pixels}: must be positive")
 
@@ -313,7 +318,10 @@ def _run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: Extract
     if backbone is None:
         backbone = load_backbone_for(opts)
     on_cpu = backbone.device.type == "cpu"
-    workers = default_workers(backbone.device.type) if opts.workers is None else opts.workers
+    layout_key = machine_key(backbone.name, backbone.image_size, opts.batch_size)
+    workers = opts.workers
+    if workers is None:
+        workers = (on_cpu and remembered(layout_key)) or default_workers(backbone.device.type)
     meta_producer = producer(backbone, opts.dtype)
     schema = regions_schema(backbone.grid, backbone.dim, backbone.global_dim, opts.dtype)
     np_dtype = DTYPES[opts.dtype][1]
@@ -368,7 +376,12 @@ def _run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: Extract
             # are the uninterrupted run's bit for bit (the network's rounding depends on the
             # number of images in a forward pass).
             opts = dataclasses.replace(opts, batch_size=max(2, math.ceil(len(items) / workers)))
-        counts = _extract_loop(todo, backbone, opts, workers, schema, np_dtype, writer, journal, report, on_batch)
+        loop = functools.partial(_extract_loop, backbone=backbone, opts=opts, schema=schema, np_dtype=np_dtype,
+                                 writer=writer, journal=journal, report=report, on_batch=on_batch)
+        if opts.tune_layout and on_cpu and opts.workers is None:
+            counts = _tuned_loop(todo, loop, opts.batch_size, layout_key)
+        else:
+            counts = loop(todo, workers=workers)
         if before_commit is not None:
             before_commit(writer, {"resumed": resumed, "processed": counts["processed"],
                                    "failed": counts["failed"], "written": writer.rows_written + writer.rows_pending})
@@ -394,6 +407,31 @@ def _run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: Extract
                     f"{counts['workers']} decoding worker(s), {torch.get_num_threads()} torch thread(s)"))
     return {"resumed": resumed, "processed": counts["processed"], "failed": counts["failed"],
             "written": writer.rows_written}
+
+
+def _tuned_loop(todo: Sequence[ImageItem], loop: Callable[..., dict[str, int]], batch_size: int,
+                key: str) -> dict[str, int]:
+    """--tune-layout: each candidate worker count runs the next images (whole batches, so the
+    rows are an untuned run's), the fastest is remembered and runs the rest."""
+    rates: dict[int, float] = {}
+    start = processed = failed = 0
+    for n in candidates(cpu_cores(), MAX_CPU_WORKERS):
+        size = PROBE_BATCHES * batch_size * n
+        if len(todo) - start < size:  # too few images left to measure this one
+            break
+        t0 = time.perf_counter()
+        c = loop(todo[start:start + size], workers=n)
+        rates[n] = size / max(time.perf_counter() - t0, 1e-9)
+        start, processed, failed = start + size, processed + c["processed"], failed + c["failed"]
+    if rates:
+        workers = remember(key, rates)
+        say(COMMAND, "layout measured: " + ", ".join(f"{n} worker(s) {r:.1f} images/s" for n, r in rates.items())
+                     + f"; {workers} from now on, remembered for this machine")
+    else:
+        workers = remembered(key) or default_workers("cpu")
+        say(COMMAND, f"--tune-layout: too few images to measure the layouts; {workers} worker(s)")
+    c = loop(todo[start:], workers=workers)
+    return {"processed": processed + c["processed"], "failed": failed + c["failed"], "workers": workers}
 
 
 def _extract_loop(todo: Sequence[ImageItem], backbone: Backbone, opts: ExtractOptions, workers: int,
@@ -521,7 +559,7 @@ def extract_regions(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     ``-`` for stdin) -> a regions Parquet file at ``output`` (None or ``-``: stdout).
 
     ``options`` are the fields of :class:`ExtractOptions` (backbone, image_size, weights,
-    batch_size, workers, threads, dtype, device, max_pixels, resume, progress). Bad images
+    batch_size, workers, tune_layout, threads, dtype, device, max_pixels, resume, progress). Bad images
     are reported (``errors``: a file for them) and counted; ``strict`` makes them fatal.
     Returns the counts of the run (also printed on stderr).
     """
