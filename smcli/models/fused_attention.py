@@ -4,9 +4,10 @@ On a CPU the eager kernel (:func:`smcli.models.matchers._grid_logits`) computes
 ``w . tanh(keys + query)`` as ``2 w . 1 / (1 + ea eb) - sum(w)`` in three passes over each
 [.., K, att] block: a multiply-add, a reciprocal and a matrix-vector product. Inductor fuses
 the three and the reduction into one vectorised loop that never stores the block: the
-attention alone runs about 3.6x faster, exhaustive scoring 1.2-1.4x in pairs/s on a 2-core
-Xeon, though a full Flickr8k test run measured no gain yet (BENCHMARKS.md, "Pair-scoring
-kernel: the fused attention loop"). Scores move by float rounding only (the sum over att
+attention alone runs about 3.6x faster, exhaustive scoring 1.2-1.6x in pairs/s on 2-core
+boxes, and a whole Flickr8k test run (`retrieve --eval --exhaustive`, the shipped recipe)
+1.31x on the AVX2 box (BENCHMARKS.md, "Pair-scoring kernel: the fused attention loop" and
+the section after it). Scores move by float rounding only (the sum over att
 runs in another order; 4.5e-08 on the bench's grid, 7e-07 on Flickr8k, recalls identical).
 
 Compiling costs about 24 s on a machine's first run and 4 s after (inductor keeps the
