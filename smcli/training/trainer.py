@@ -280,6 +280,8 @@ class Trainer:
         from smcli.stage import AtomicFile
 
         path = self.out_dir / "config.json"
+        if not path.is_file():
+            return
         saved = json.loads(path.read_text())
         if saved.get("training", {}).get("epochs") != epochs:
             saved["training"]["epochs"] = epochs
