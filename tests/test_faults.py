@@ -672,6 +672,31 @@ def test_damaged_resume_state_is_refused(example_pipeline, resume_state, tmp_pat
     assert state.read_bytes() == damaged and not temporaries(m)
 
 
+@pytest.mark.parametrize("case", ["nan-weight", "negative-second-moment"])
+def test_resume_state_with_bad_values_is_refused_before_training(example_pipeline, resume_state, tmp_path, case):
+    """A value a flipped bit made NaN, or a negative AdamW second moment (a flipped sign bit),
+    is refused naming the state file, instead of surfacing as NaN scores after an epoch."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from smcli.training.checkpoint import STATE_FILE
+
+    m = tmp_path / "m"
+    shutil.copytree(resume_state, m)
+    state = m / STATE_FILE
+    with safe_open(str(state), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    want = "model." if case == "nan-weight" else ".exp_avg_sq"
+    key = next(k for k in sorted(tensors) if want in k and tensors[k].is_floating_point())
+    tensors[key] = tensors[key].clone()
+    tensors[key].view(-1)[0] = float("nan") if case == "nan-weight" else -1.0
+    save_file(tensors, state, metadata=meta)
+    rc, _, err = run_main("train", "--regions", example_pipeline["feats"], "--captions",
+                          example_pipeline["captions"], "-o", m, "--epochs", "2", "--batch-size", "16",
+                          "--resume", *SMALL_MODEL_ARGS)
+    assert_one_line_error(rc, err, STATE_FILE, key)
+
+
 def _progress_case(progress: dict, case: str) -> dict:
     """A resume state's progress with one key missing or of the wrong type."""
     kind, key = case.split(":", 1)

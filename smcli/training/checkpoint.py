@@ -68,6 +68,7 @@ def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    _check_values(tensors)
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -77,6 +78,18 @@ def _restore(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimize
     optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
     torch.set_rng_state(tensors["rng.torch"])
     return json.loads(meta["progress"])
+
+
+def _check_values(tensors: dict[str, torch.Tensor]) -> None:
+    """A flipped bit in a stored value shows up here, not as NaN scores epochs later: every
+    weight and optimizer moment finite, AdamW's second moments not negative."""
+    for key, value in tensors.items():
+        if not (key.startswith(("model.", "opt.")) and value.is_floating_point()):
+            continue
+        if not bool(torch.isfinite(value).all()):
+            raise ValueError(f"non-finite (NaN/inf) values in {key}")
+        if key.endswith(".exp_avg_sq") and bool((value < 0).any()):
+            raise ValueError(f"negative values in {key} (a second moment)")
 
 
 def read_progress(directory: Path) -> dict[str, Any] | None:
