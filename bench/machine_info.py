@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import os
-import platform
-from pathlib import Path
 
 
 def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (platform.processor() elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
+    """The CPU's model name (smcli.runtime.cpu_model), or '?'."""
+    from smcli.runtime import cpu_model as model_name
+
+    return model_name() or "?"
 
 
 def load_average() -> str:

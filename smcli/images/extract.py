@@ -318,10 +318,12 @@ def _run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: Extract
     if backbone is None:
         backbone = load_backbone_for(opts)
     on_cpu = backbone.device.type == "cpu"
-    layout_key = machine_key(backbone.name, backbone.image_size, opts.batch_size)
+    # CPU workers left unset: the layout measured on this machine, if one was (smcli.images.layout)
+    layout_key = machine_key(backbone.name, backbone.image_size, opts.batch_size) \
+        if on_cpu and opts.workers is None else None
     workers = opts.workers
     if workers is None:
-        workers = (on_cpu and remembered(layout_key)) or default_workers(backbone.device.type)
+        workers = (layout_key and remembered(layout_key)) or default_workers(backbone.device.type)
     meta_producer = producer(backbone, opts.dtype)
     schema = regions_schema(backbone.grid, backbone.dim, backbone.global_dim, opts.dtype)
     np_dtype = DTYPES[opts.dtype][1]
@@ -378,8 +380,8 @@ def _run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: Extract
             opts = dataclasses.replace(opts, batch_size=max(2, math.ceil(len(items) / workers)))
         loop = functools.partial(_extract_loop, backbone=backbone, opts=opts, schema=schema, np_dtype=np_dtype,
                                  writer=writer, journal=journal, report=report, on_batch=on_batch)
-        if opts.tune_layout and on_cpu and opts.workers is None:
-            counts = _tuned_loop(todo, loop, opts.batch_size, layout_key)
+        if opts.tune_layout and layout_key:
+            counts = _tuned_loop(todo, loop, opts.batch_size, layout_key, untuned=workers)
         else:
             counts = loop(todo, workers=workers)
         if before_commit is not None:
@@ -410,9 +412,10 @@ def _run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: Extract
 
 
 def _tuned_loop(todo: Sequence[ImageItem], loop: Callable[..., dict[str, int]], batch_size: int,
-                key: str) -> dict[str, int]:
+                key: str, untuned: int) -> dict[str, int]:
     """--tune-layout: each candidate worker count runs the next images (whole batches, so the
-    rows are an untuned run's), the fastest is remembered and runs the rest."""
+    rows are an untuned run's), the fastest is remembered and runs the rest (``untuned``
+    workers when too few images are left to measure any)."""
     rates: dict[int, float] = {}
     start = processed = failed = 0
     for n in candidates(cpu_cores(), MAX_CPU_WORKERS):
@@ -428,7 +431,7 @@ def _tuned_loop(todo: Sequence[ImageItem], loop: Callable[..., dict[str, int]], 
         say(COMMAND, "layout measured: " + ", ".join(f"{n} worker(s) {r:.1f} images/s" for n, r in rates.items())
                      + f"; {workers} from now on, remembered for this machine")
     else:
-        workers = remembered(key) or default_workers("cpu")
+        workers = untuned
         say(COMMAND, f"--tune-layout: too few images to measure the layouts; {workers} worker(s)")
     c = loop(todo[start:], workers=workers)
     return {"processed": processed + c["processed"], "failed": failed + c["failed"], "workers": workers}

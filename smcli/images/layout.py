@@ -19,7 +19,7 @@ import platform
 import time
 from pathlib import Path
 
-from smcli.runtime import cache_root, cpu_cores
+from smcli.runtime import cache_root, cpu_cores, cpu_model
 
 LAYOUT_FILE = "extract-layout.json"
 PROBE_BATCHES = 4  # batches a candidate runs per worker: long enough to pass the workers' start
@@ -37,22 +37,12 @@ def choose(rates: dict[int, float]) -> int:
     return min(n for n, r in rates.items() if r >= best * (1 - TIE))
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_key(backbone: str, image_size: int, batch_size: int) -> str:
     """What a remembered layout holds for: the CPU, the cores this process may use, torch,
     the backbone, the image size and the batch size."""
     import torch
 
-    return (f"{_cpu_model()} | {cpu_cores()} cores | torch {torch.__version__} | {backbone} | "
+    return (f"{cpu_model() or platform.machine()} | {cpu_cores()} cores | torch {torch.__version__} | {backbone} | "
             f"{image_size}px | batch {batch_size}")
 
 

@@ -80,9 +80,16 @@ def save_model(directory: Path, model, info: ModelInfo, vocab) -> str:
     with AtomicFile(directory / WEIGHTS_FILE) as weights:  # a failed write leaves no temporary
         weights.handle.write(blob)
     vocab.save(directory / VOCAB_FILE)
-    with AtomicFile(directory / CONFIG_FILE) as cfg_file:
-        cfg_file.handle.write(json.dumps(info.to_json(), indent=2, sort_keys=True).encode())
+    write_config(directory, info.to_json())
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def write_config(directory: Path, config: dict[str, Any]) -> None:
+    """A model directory's config.json, atomically."""
+    from smcli.stage import AtomicFile
+
+    with AtomicFile(directory / CONFIG_FILE) as cfg_file:
+        cfg_file.handle.write(json.dumps(config, indent=2, sort_keys=True).encode())
 
 
 def load_model(directory: str | Path, device: str = "cpu") -> LoadedModel:

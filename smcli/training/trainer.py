@@ -38,7 +38,7 @@ from smcli.inference.scoring import (
     two_stage_scores,
 )
 from smcli.models.config import ModelConfig
-from smcli.models.factory import INCOMPLETE_FILE, ModelInfo, create_model, save_model
+from smcli.models.factory import CONFIG_FILE, INCOMPLETE_FILE, ModelInfo, create_model, save_model, write_config
 from smcli.models.text_inputs import make_text_store
 from smcli.report import say
 from smcli.runtime import autocast, resolve_device, resolve_precision
@@ -277,16 +277,13 @@ class Trainer:
     def _record_epochs(self, epochs: int) -> None:
         """config.json names the epochs the run was trained to (a resume with --epochs may
         have raised them after the chosen epoch was saved)."""
-        from smcli.stage import AtomicFile
-
-        path = self.out_dir / "config.json"
+        path = self.out_dir / CONFIG_FILE
         if not path.is_file():
             return
         saved = json.loads(path.read_text())
         if saved.get("training", {}).get("epochs") != epochs:
             saved["training"]["epochs"] = epochs
-            with AtomicFile(path) as fh:
-                fh.handle.write(json.dumps(saved, indent=2, sort_keys=True).encode())
+            write_config(self.out_dir, saved)
 
     # -- step 1: train one epoch ----------------------------------------------------------
     def train_one_epoch(self, model, optimizer, store, progress: dict[str, Any], lr: float) -> EpochStats:
