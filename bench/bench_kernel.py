@@ -13,8 +13,8 @@ as exhaustive evaluation pads them).
 
 Measures, in one run: the fp32 matmul bound (2048^3); the FLOPs of a pair (by hand from the
 shapes, checked against torch.profiler's count for the previous kernel); exhaustive scoring
-as smcli's exhaustive_scores runs it (caption blocks of 512, image blocks of
-pairs_per_chunk // 512) for both kernels, and for the current one at other chunk sizes; peak
+(caption blocks of 512, image blocks of pairs_per_chunk // 512): the old kernel in the bench's
+own loop, the current one in smcli's (smcli.inference.scoring), and for the current one at other chunk sizes; peak
 memory (the rise of the process's peak RSS during the run); a training step (encode_images,
 encode_texts, score_pairs forward and backward on 128 captions with 4 negatives each way =
 1,152 pairs, AdamW): the old kernel with bernoulli dropout masks (before the issue), the new
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from smcli.inference.scoring import _exhaustive_chunks
 from smcli.models import ModelConfig, create_model, fused_attention
 from smcli.runtime import autocast, resolve_precision
 
@@ -171,6 +172,14 @@ def exhaustive(model, grid_fn, img, txt, pairs_per_chunk: int, cap_block: int = 
                 block = img.select(torch.arange(i0, i1))
                 out[i0:i1, c0:c0 + len(t)] = grid_fn(model, block, t).float().numpy()
     return out
+
+
+def smcli_exhaustive(model, img, txt, pairs_per_chunk: int, *, fused: bool, precision: str = "fp32"):
+    """smcli's own exhaustive loop (smcli.inference.scoring, as `smcli retrieve --eval
+    --exhaustive` runs it: caption blocks sorted by length once, their exp keys reused over
+    the image blocks), with or without the fused attention loop."""
+    with torch.inference_mode(), autocast("cpu", precision), fused_attention.fused_scope(fused):
+        return _exhaustive_chunks(model, img, txt, pairs_per_chunk, None)
 
 
 def train_step_times(kernel: str, steps: int, warmup: int = 2, B: int = 128, k: int = 4, n_img: int = 120,
@@ -315,7 +324,11 @@ def main() -> None:
     for kernel, chunk in runs:
         with PeakRSS() as mem:
             t = time.perf_counter()
-            scores[kernel, chunk] = exhaustive(model, KERNELS[kernel][0], img, txt, chunk, precision=args.precision)
+            if kernel == "old":
+                scores[kernel, chunk] = exhaustive(model, KERNELS[kernel][0], img, txt, chunk, precision=args.precision)
+            else:
+                scores[kernel, chunk] = smcli_exhaustive(model, img, txt, chunk, fused=kernel == "fused",
+                                                         precision=args.precision)
             dt = time.perf_counter() - t
         rate = n_pairs / dt
         gflops = rate * fl["total"] / 1e9

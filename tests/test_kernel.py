@@ -446,3 +446,46 @@ def test_a_loop_that_does_not_compile_falls_back_with_one_note(monkeypatch, caps
     assert "No working C++ compiler found" in err and len(err.strip().splitlines()) == 1
     torch.testing.assert_close(torch.from_numpy(first), torch.from_numpy(ref), **TOL)
     assert (first == second).all()
+
+
+# -- exhaustive scoring under bf16 autocast -------------------------------------------------
+def test_bf16_weights_cast_once_give_autocasts_own_scores_bit_for_bit(monkeypatch):
+    """Without gradients under autocast, the LSTM's weights are cast once per call instead of by
+    autocast at every product; the scores are the same floats as autocast's own casts give."""
+    model = make("context").eval()
+    ii, cc = some_pairs(5, 6, n=40)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        img, txt = sides(model)
+        grid, pairs = model.score_grid(img, txt), model.score_pairs(img, txt, ii, cc)
+        monkeypatch.setattr(matchers, "_autocast_dtype", lambda t: None)  # autocast casts each product
+        grid_ac, pairs_ac = model.score_grid(img, txt), model.score_pairs(img, txt, ii, cc)
+    assert torch.equal(grid, grid_ac) and torch.equal(pairs, pairs_ac)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_exhaustive_scoring_sorts_a_caption_block_once_and_reuses_its_exp_keys(precision, monkeypatch):
+    """Caption blocks are sorted by length once and their exp(-2 keys) computed once for all
+    image blocks; the matrix is score_grid's, in the captions' own order."""
+    from smcli.inference.scoring import exhaustive_scores
+    from smcli.runtime import autocast
+
+    monkeypatch.setenv("SMCLI_COMPILE", "0")
+    model = make("context").eval()
+    with torch.inference_mode(), autocast("cpu", precision):
+        img, txt = sides(model)  # captions of lengths 5, 3, 7, 1, 6, 2: not sorted
+        # one image a block, as the chunked run below has them (bf16 rounding depends on the batch)
+        rows = [model.score_grid(img.select(torch.tensor([i])), txt).float() for i in range(len(img))]
+        exp_of_captions = []
+        real_exp_keys = matchers._exp_keys
+
+        def exp_keys(keys):
+            out = real_exp_keys(keys)
+            if keys is not None and keys.shape[0] == len(txt):
+                exp_of_captions.append(out)
+            return out
+
+        monkeypatch.setattr(matchers, "_exp_keys", exp_keys)
+        chunked = exhaustive_scores(model, img, txt, pairs_per_chunk=6)  # 6 captions: 5 blocks of one image
+    assert len(exp_of_captions) == 1 + 5 and all(e is exp_of_captions[0] for e in exp_of_captions)
+    assert matchers._reused == []  # the scope let go of the block
+    assert torch.equal(torch.from_numpy(chunked), torch.cat(rows))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from smcli.models.fused_attention import fused_scope, wanted
-from smcli.models.matchers import ImageSide, TextSide
+from smcli.models.matchers import ImageSide, TextSide, reuse_exp_keys
 
 SHORTLIST_OFFSET = 1e6  # re-ranked candidates sort above every embedding-only score
 
@@ -77,13 +77,20 @@ def _exhaustive_chunks(model, img: ImageSide, txt: TextSide, pairs_per_chunk: in
     cap_block = min(n_cap, 512)
     img_block = max(1, pairs_per_chunk // cap_block)
     for c0 in range(0, n_cap, cap_block):
-        t = txt.select(torch.arange(c0, min(c0 + cap_block, n_cap), device=txt.emb.device))
-        for i0 in range(0, n_img, img_block):
-            i1 = min(i0 + img_block, n_img)
-            block = img.select(torch.arange(i0, i1, device=img.emb.device))
-            out[i0:i1, c0:c0 + len(t)] = model.score_grid(block, t).float().cpu().numpy()
-            if progress is not None:
-                progress((i1 - i0) * len(t))
+        cols = torch.arange(c0, min(c0 + cap_block, n_cap), device=txt.emb.device)
+        if getattr(txt, "mask", None) is not None and len(cols) > 1:  # (an ensemble's side has none)
+            # sorted by length once per caption block (score_grid would sort it per image
+            # block), so the block's tensors, and the exp of its keys, serve every image block
+            cols = cols[torch.sort(txt.mask.index_select(0, cols).sum(-1), stable=True).indices]
+        t = txt.select(cols)
+        at = cols.cpu().numpy()
+        with reuse_exp_keys(getattr(t, "keys", None)):
+            for i0 in range(0, n_img, img_block):
+                i1 = min(i0 + img_block, n_img)
+                block = img.select(torch.arange(i0, i1, device=img.emb.device))
+                out[i0:i1, at] = model.score_grid(block, t).float().cpu().numpy()
+                if progress is not None:
+                    progress((i1 - i0) * len(t))
     return out
 
 

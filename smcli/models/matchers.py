@@ -8,7 +8,9 @@ evaluation), never from a Python loop over pairs.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
 import torch
@@ -271,6 +273,12 @@ class SmLSTM(Matcher):
         word_mask_used = word_mask[..., :L_used]
         w_x, w_h, b_h = self._fused_weights()
         track = torch.is_grad_enabled()
+        mm_dtype = _autocast_dtype(img.values) if not track else None
+        if mm_dtype is not None:
+            # under autocast, without gradients: the LSTM's and queries' weights cast once per
+            # call, not by autocast at every product (the biases stay float32, as autocast
+            # passes them: rounded to bf16 first, scores would move by ~3e-4)
+            w_x, w_h = w_x.to(mm_dtype), w_h.to(mm_dtype)
         h = c = None
         if self.attention == "uniform":
             p_uni = img.values.new_full((*shape, img.values.shape[-2]), 1.0 / img.values.shape[-2])
@@ -290,6 +298,9 @@ class SmLSTM(Matcher):
                 ctx_a = _pair_add(img.ctx_a, txt.ctx_a, pairs)
                 ctx_s = _pair_add(img.ctx_s, txt.ctx_s, pairs)
             keys_w = txt.keys[:, :L_used]
+            txt_values = txt.values[:, :L_used]
+            if grid and mm_dtype is not None:  # read at every step by a batched product: cast and laid out once
+                txt_values = txt_values.to(mm_dtype).contiguous()
             ea_img, ea_txt = _exp_keys(img.keys), _exp_keys(txt.keys)
             ea_txt = None if ea_txt is None else ea_txt[:, :L_used]
             if not grid:  # read twice a step (forward, backward): gathered per pair once
@@ -329,7 +340,7 @@ class SmLSTM(Matcher):
                 q = torch.softmax(e.masked_fill(~word_mask_used, float("-inf")), -1)
                 if cfg.coverage > 0:
                     covered = q if covered is None else covered + q
-                s_sel = _weighted(q, txt.values[:, :L_used], groups and groups[1], images=False)
+                s_sel = _weighted(q, txt_values, groups and groups[1], images=False)
                 if cross is not None:  # regions that match this step's words gain weight
                     e_a = e_a + cross_scale * _cross_logits(cross, F.normalize(s_sel, dim=-1),
                                                             groups and groups[0])
@@ -342,6 +353,8 @@ class SmLSTM(Matcher):
                 if keep_maps and L_used < L:
                     q = F.pad(q, (0, L - L_used))
                 x = F.normalize(a_sel, dim=-1) * F.normalize(s_sel, dim=-1)
+                if mm_dtype is not None:
+                    x = x.to(mm_dtype)
                 if hp is None:
                     gates = torch.addmm(b_h[:4 * dh], x.reshape(n_pairs, -1), w_x.T)
                 elif track or not hp.dtype == x.dtype == w_x.dtype:  # (autocast: dtypes differ)
@@ -393,10 +406,37 @@ _BLOCK = 1 << 21
 _EXP_RANGE = 20.0
 
 
+def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
+    """The lower precision autocast runs products in on ``t``'s device, or None when it is off."""
+    kind = t.device.type
+    if not torch.is_autocast_enabled(kind):
+        return None
+    return torch.get_autocast_dtype(kind)
+
+
+_reused: list = []  # [(keys, exp(-2 keys))] held by reuse_exp_keys
+
+
+@contextlib.contextmanager
+def reuse_exp_keys(keys: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, exp(-2 ``keys``) is computed once, not on every call that scores
+    against them (exhaustive scoring runs one caption block against every image block). The
+    caller promises not to change ``keys`` in place meanwhile."""
+    entry = (keys, _exp_keys(keys))
+    _reused.append(entry)
+    try:
+        yield
+    finally:
+        del _reused[next(i for i, e in enumerate(_reused) if e is entry)]  # by identity: == on tensors is elementwise
+
+
 def _exp_keys(keys: torch.Tensor | None) -> torch.Tensor | None:
     """exp(-2 keys) for the exp form of the attention, or None where it does not apply."""
     if keys is None or keys.device.type != "cpu" or keys.numel() == 0:
         return None
+    for held, exp in _reused:
+        if held is keys:
+            return exp
     with torch.no_grad():
         k = keys.detach().float()
         if not bool(k.abs().amax() <= _EXP_RANGE):
@@ -456,11 +496,12 @@ def _att_logits(keys, exp_keys, query, w, index=None, *, images: bool, lengths=N
 def _grid_logits(keys, ea, query, w, eb, *, images: bool, lengths) -> torch.Tensor:
     n_img, n_cap, da = query.shape
     K = keys.shape[1]
-    keys, query, w = keys.float(), query.float(), w.float()
-    if eb is not None and fused_attention.active():
+    w = w.float()
+    if eb is not None and fused_attention.active():  # reads exp(-2 keys) only, never keys
         out = _fused_grid_logits(ea, w, eb, images=images, lengths=lengths)
         if out is not None:
             return out
+    keys, query = keys.float(), query.float()
     out = torch.zeros(n_img, n_cap, K)
     buf = torch.empty(_BLOCK + K * da)
     if images:  # keys [I, R, da]: blocks of (images, captions)
