@@ -139,18 +139,29 @@ def quiet_lost_peer_threads(_worker_id: int | None = None) -> None:
     ``multiprocessing.resource_sharer`` thread in the worker hands out. When the run is
     interrupted the parent stops asking mid-way, that thread fails with BrokenPipeError and
     Python prints "Exception in thread ..." with a traceback on the shared stderr, under
-    the run's one closing line. Only lost-peer errors are dropped; anything else still
-    goes to the previous hook. Usable as a DataLoader ``worker_init_fn``.
+    the run's one closing line. The resource sharer's serving loop catches the error itself
+    and hands it to ``sys.excepthook`` (not ``threading.excepthook``), so both hooks are
+    wrapped; ``sys.excepthook`` only for calls from threads other than the main one. Only
+    lost-peer errors are dropped; anything else still goes to the previous hook. Usable as a
+    DataLoader ``worker_init_fn``.
     """
     import threading
 
     previous = threading.excepthook
-    if getattr(previous, "_smcli_quiet", False):
-        return
+    if not getattr(previous, "_smcli_quiet", False):
+        def hook(args) -> None:
+            if not isinstance(args.exc_value, _LOST_PEER):
+                previous(args)
 
-    def hook(args) -> None:
-        if not isinstance(args.exc_value, _LOST_PEER):
-            previous(args)
+        hook._smcli_quiet = True  # type: ignore[attr-defined]
+        threading.excepthook = hook
 
-    hook._smcli_quiet = True  # type: ignore[attr-defined]
-    threading.excepthook = hook
+    previous_sys = sys.excepthook
+    if not getattr(previous_sys, "_smcli_quiet", False):
+        def sys_hook(kind, value, tb) -> None:
+            if isinstance(value, _LOST_PEER) and threading.current_thread() is not threading.main_thread():
+                return
+            previous_sys(kind, value, tb)
+
+        sys_hook._smcli_quiet = True  # type: ignore[attr-defined]
+        sys.excepthook = sys_hook

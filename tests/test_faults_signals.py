@@ -276,12 +276,26 @@ def fail(exc):
 for exc in (BrokenPipeError(32, 'Broken pipe'), ConnectionResetError(104, 'reset'), EOFError(), ValueError('real bug')):
     t = threading.Thread(target=fail, args=(exc,), name=type(exc).__name__)
     t.start(); t.join()
+def serve(exc):  # multiprocessing.resource_sharer._serve catches the error and calls sys.excepthook
+    try:
+        raise exc
+    except BaseException:
+        sys.excepthook(*sys.exc_info())
+import sys
+for exc in (EOFError(), BrokenPipeError(32, 'Broken pipe'), KeyError('served bug')):
+    t = threading.Thread(target=serve, args=(exc,))
+    t.start(); t.join()
+try:
+    raise EOFError('main thread')  # the main thread's own errors are never dropped
+except EOFError:
+    sys.excepthook(*sys.exc_info())
 """
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=child_env(None), capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "ValueError: real bug" in proc.stderr and proc.stderr.count("Traceback") == 1, proc.stderr
-    for quiet in ("BrokenPipeError", "ConnectionResetError", "EOFError"):
+    assert "ValueError: real bug" in proc.stderr and "KeyError: 'served bug'" in proc.stderr, proc.stderr
+    assert "EOFError: main thread" in proc.stderr and proc.stderr.count("Traceback") == 3, proc.stderr
+    for quiet in ("BrokenPipeError", "ConnectionResetError", "EOFError\n"):
         assert quiet not in proc.stderr, proc.stderr
 
 
