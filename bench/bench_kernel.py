@@ -158,7 +158,8 @@ def _status_kb(key: str) -> int:
 
 
 def exhaustive(model, grid_fn, img, txt, pairs_per_chunk: int, cap_block: int = 512, precision: str = "fp32"):
-    """exhaustive_scores' loop: caption blocks of ``cap_block``, image blocks of pairs_per_chunk // cap_block,
+    """The bench's own exhaustive loop, for the old kernel (smcli's loop sorts captions for the
+    current one): caption blocks of ``cap_block``, image blocks of pairs_per_chunk // cap_block,
     under ``precision``'s autocast as `smcli retrieve --eval` runs it."""
     n_img, n_cap = len(img), len(txt)
     out = np.empty((n_img, n_cap), dtype=np.float32)

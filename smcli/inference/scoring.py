@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from smcli.models.fused_attention import fused_scope, wanted
-from smcli.models.matchers import ImageSide, TextSide, reuse_exp_keys
+from smcli.models.matchers import ImageSide, TextSide, length_order, reuse_exp_keys
 
 SHORTLIST_OFFSET = 1e6  # re-ranked candidates sort above every embedding-only score
 
@@ -81,7 +81,7 @@ def _exhaustive_chunks(model, img: ImageSide, txt: TextSide, pairs_per_chunk: in
         if getattr(txt, "mask", None) is not None and len(cols) > 1:  # (an ensemble's side has none)
             # sorted by length once per caption block (score_grid would sort it per image
             # block), so the block's tensors, and the exp of its keys, serve every image block
-            cols = cols[torch.sort(txt.mask.index_select(0, cols).sum(-1), stable=True).indices]
+            cols = cols[length_order(txt.mask.index_select(0, cols))]
         t = txt.select(cols)
         at = cols.cpu().numpy()
         with reuse_exp_keys(getattr(t, "keys", None)):

@@ -212,7 +212,7 @@ class SmLSTM(Matcher):
     def score_grid(self, img: ImageSide, txt: TextSide) -> torch.Tensor:
         if len(txt) > 1 and txt.mask is not None:
             # captions sorted by length: a block of word attention spans only its own longest caption
-            order = torch.sort(txt.mask.sum(-1), stable=True).indices
+            order = length_order(txt.mask)
             if bool((order != torch.arange(len(order), device=order.device)).any()):
                 score = self._fuse(img, txt.select(order))[0]
                 return score.index_select(1, torch.argsort(order))
@@ -404,6 +404,13 @@ class SmLSTM(Matcher):
 # stay normal floats); otherwise, and on other devices, tanh itself.
 _BLOCK = 1 << 21
 _EXP_RANGE = 20.0
+
+
+def length_order(mask: torch.Tensor) -> torch.Tensor:
+    """Captions by word-piece count, shortest first, ties in their own order: the order
+    :meth:`SmLSTM.score_grid` scores in (exhaustive scoring sorts a caption block by it once,
+    so that score_grid finds it sorted and reuses the block's tensors)."""
+    return torch.sort(mask.sum(-1), stable=True).indices
 
 
 def _autocast_dtype(t: torch.Tensor) -> torch.dtype | None:
