@@ -178,14 +178,22 @@ def test_torchvision_weights_from_the_hub_cache(tmp_path, monkeypatch):
 
 def test_features_do_not_depend_on_batching():
     """A lone image (last batch of a run, retrieve --image) gets exactly the features it
-    gets inside a batch, so resumed runs and on-the-fly extraction match the file."""
+    gets inside a batch, so resumed runs and on-the-fly extraction match the file. Batches
+    on both sides of 16, where oneDNN switches kernels on some CPUs, included."""
     import torch
 
-    from smcli.images.backbones import load_backbone
+    from smcli.images.backbones import cpu_pass_size, load_backbone
 
     bb = load_backbone("efficientnet-lite0", 96, "none", "cpu", warn_random=False)
-    x = _batch(96, 6)
+    assert bb.cpu_pass == cpu_pass_size(96) == 16
+    x = _batch(96, 20)
     ref = bb(x)[0].numpy()
-    for bs in (1, 4, 5):
-        got = torch.cat([bb(x[i:i + bs])[0] for i in range(0, 6, bs)]).numpy()
+    for bs in (1, 4, 5, 15, 16, 17):
+        got = torch.cat([bb(x[i:i + bs])[0] for i in range(0, 20, bs)]).numpy()
         assert np.array_equal(got, ref), bs
+
+
+def test_cpu_pass_size_bounds_the_activations():
+    from smcli.images.backbones import cpu_pass_size
+
+    assert [cpu_pass_size(s) for s in (64, 224, 448, 449, 640, 1024)] == [16, 16, 16, 4, 2, 2]
