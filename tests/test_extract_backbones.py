@@ -197,3 +197,34 @@ def test_cpu_pass_size_bounds_the_activations():
     from smcli.images.backbones import cpu_pass_size
 
     assert [cpu_pass_size(s) for s in (64, 224, 448, 449, 640, 1024)] == [16, 16, 16, 4, 2, 2]
+
+
+@pytest.mark.parametrize("name", list(BACKBONES))
+def test_folded_batch_norms_compute_the_unfolded_network(name):
+    """Every BatchNorm folded into its convolution, and the features unchanged but for float
+    rounding. The BatchNorms get random statistics first: with the default ones (mean 0,
+    variance 1, scale 1) a BatchNorm folded into the wrong convolution would go unnoticed."""
+    import copy
+
+    import torch
+
+    from smcli.images.backbones import fold_batch_norms
+
+    net = BACKBONES[name].build().eval().requires_grad_(False)
+    gen = torch.Generator().manual_seed(0)
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        c = bn.num_features
+        bn.running_mean.copy_(torch.randn(c, generator=gen) * 0.5)
+        bn.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
+        bn.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+        bn.bias.copy_(torch.randn(c, generator=gen) * 0.5)
+    folded = copy.deepcopy(net)
+    assert fold_batch_norms(folded) == len(bns)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = _batch(64, 2)
+    with torch.inference_mode():
+        (r0, g0), (r1, g1) = net(x), folded(x)
+    scale = float(r0.abs().max()) + 1e-6
+    assert float((r1 - r0).abs().max()) <= 1e-4 * scale, name
+    assert float((g1 - g0).abs().max()) <= 1e-4 * (float(g0.abs().max()) + 1e-6), name

@@ -550,6 +550,48 @@ def check_image_size(image_size: int) -> int:
     return int(image_size)
 
 
+def fold_batch_norms(net) -> int:
+    """Fold each inference BatchNorm into the convolution it follows; returns how many.
+
+    An eval-mode BatchNorm is a per-channel scale and shift, so the convolution before it
+    can absorb it (w * g / sqrt(var + eps), (b - mean) * g / sqrt(var + eps) + beta). The
+    BatchNorm is replaced by what it applied after normalising (timm's BatchNormAct2d: its
+    dropout and activation; torchvision's: nothing). Pairs are a Conv2d and the BatchNorm
+    registered right after it in the same module (Identity in between allowed), with
+    matching channels: the order every backbone here runs them in, checked for each one by
+    tests/test_extract_backbones.py against the unfolded network. Why: the BatchNorms ran as
+    separate passes over every activation, ~25% of the network's time on the CPU; folded,
+    Lite0 runs 1.33x the images/s on one thread. Values move by float rounding (~5e-5 on
+    maps up to 6, below a float16 step).
+    """
+    import torch
+    from torch import nn
+
+    folded = 0
+    for parent in list(net.modules()):
+        conv = None
+        for name, child in list(parent._modules.items()):
+            if (isinstance(child, nn.BatchNorm2d) and conv is not None and child.track_running_stats
+                    and child.running_var is not None and conv.out_channels == child.num_features):
+                with torch.no_grad():
+                    scale = (child.weight if child.affine else torch.ones_like(child.running_var)) \
+                        / torch.sqrt(child.running_var + child.eps)
+                    shift = child.bias if child.affine else torch.zeros_like(child.running_mean)
+                    bias = conv.bias if conv.bias is not None else torch.zeros_like(child.running_mean)
+                    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                    conv.bias = nn.Parameter((bias - child.running_mean) * scale + shift, requires_grad=False)
+                after = [m for m in (getattr(child, "drop", None), getattr(child, "act", None))
+                         if m is not None and not isinstance(m, nn.Identity)]
+                parent._modules[name] = nn.Sequential(*after) if after else nn.Identity()
+                folded += 1
+                conv = None
+            elif isinstance(child, nn.Conv2d):
+                conv = child
+            elif child is not None and not isinstance(child, nn.Identity):
+                conv = None
+    return folded
+
+
 def load_backbone(
     name: str = DEFAULT_BACKBONE,
     image_size: int = DEFAULT_IMAGE_SIZE,
@@ -608,6 +650,7 @@ def load_backbone(
             )
         pretrained = True
     net.eval().requires_grad_(False)
+    fold_batch_norms(net)
     net = net.to(dev).to(memory_format=torch.channels_last)
     with torch.inference_mode():
         probe = torch.zeros((1, image_size, image_size, 3), dtype=torch.uint8, device=dev)
