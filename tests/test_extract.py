@@ -470,3 +470,21 @@ def test_layout_choice_and_an_unwritable_cache(tmp_path, monkeypatch):
     assert layout.remembered("k") is None  # unreadable: measured again next time
     layout.remember("k", {1: 10.0, 2: 20.0})
     assert layout.remembered("k") == 2
+
+
+def test_default_workers_fit_the_available_memory(monkeypatch):
+    """A CPU worker holds a pass of 16 images' activations (~2.4 GB at 448 px): the default
+    count is one per core only while the available memory holds them."""
+    import smcli.images.extract as ex
+    import smcli.runtime as rt
+
+    monkeypatch.setattr(ex, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(rt, "available_memory", lambda: None)
+    assert ex.default_workers("cpu", 448) == 8  # unknown: cores decide
+    monkeypatch.setattr(rt, "available_memory", lambda: 64e9)
+    assert ex.default_workers("cpu", 224) == ex.default_workers("cpu", 448) == 8
+    monkeypatch.setattr(rt, "available_memory", lambda: 7e9)
+    assert ex.default_workers("cpu", 224) == 5 and ex.default_workers("cpu", 448) == 2
+    monkeypatch.setattr(rt, "available_memory", lambda: 1e9)
+    assert ex.default_workers("cpu", 448) == 1  # never none
+    assert ex.default_workers("cpu") == 8 and ex.default_workers("cuda", 448) == 4  # no size: cores only

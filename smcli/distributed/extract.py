@@ -93,7 +93,7 @@ def extract_sharded(inputs: str | os.PathLike | Sequence[str | os.PathLike], out
     frozen = freeze_inputs(directory, names, root=root, path_column=path_column,
                            list_images=list_images, report=RunReport(COMMAND), command=COMMAND)
     cuda = opts.device.startswith("cuda")
-    cpus = opts.workers or default_workers("cuda" if cuda else "cpu")
+    cpus = opts.workers or default_workers("cuda" if cuda else "cpu", opts.image_size)
     # the CPUs a shard is given are the workers it runs (not the cores of whichever node it lands on)
     shard_options = {**{k: v for k, v in options.items() if k != "resume"}, "workers": opts.workers or
                      (None if cuda else cpus), "root": root, "path_column": path_column, "strict": strict}

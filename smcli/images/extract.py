@@ -89,12 +89,34 @@ def producer(backbone: Backbone, dtype: str) -> dict[str, Any]:
 
 
 MAX_CPU_WORKERS = 8  # each holds its own activations: ~0.4 GB for a pass of 16 at 224, ~1.6 GB at 448
+WORKER_BASE_BYTES = 0.5e9  # a worker's own heap, decode buffers and batches beside its activations
 
 
-def default_workers(device: str = "cpu") -> int:
-    """CPU: one network worker per core (at most 8). CUDA: half the cores decode (1 to 4)."""
+def worker_bytes(image_size: int) -> float:
+    """What one CPU network worker may hold at ``image_size``: its base and the activations
+    of one pass (0.4 GB for Lite0's pass of 16 at 224, measured; by pixels, with headroom
+    for the larger backbones)."""
+    from smcli.images.backbones import cpu_pass_size
+
+    return WORKER_BASE_BYTES + 0.6e9 * cpu_pass_size(image_size) / 16 * (image_size / 224) ** 2
+
+
+def memory_workers(image_size: int) -> int:
+    """The most CPU network workers the available memory holds (at least 1)."""
+    from smcli.runtime import available_memory
+
+    free = available_memory()
+    if free is None:
+        return MAX_CPU_WORKERS
+    return max(1, int((free - 1e9) // worker_bytes(image_size)))
+
+
+def default_workers(device: str = "cpu", image_size: int | None = None) -> int:
+    """CPU: one network worker per core (at most 8, and with ``image_size`` at most what the
+    available memory holds: a 448 px worker holds ~2.4 GB). CUDA: half the cores decode (1 to 4)."""
     if device == "cpu":
-        return max(1, min(MAX_CPU_WORKERS, cpu_cores()))
+        most = MAX_CPU_WORKERS if image_size is None else min(MAX_CPU_WORKERS, memory_workers(image_size))
+        return max(1, min(most, cpu_cores()))
     return max(1, min(4, cpu_cores() // 2))
 
 
@@ -325,7 +347,7 @@ def _run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: Extract
         if on_cpu and opts.workers is None else None
     workers = opts.workers
     if workers is None:
-        workers = (layout_key and remembered(layout_key)) or default_workers(backbone.device.type)
+        workers = (layout_key and remembered(layout_key)) or default_workers(backbone.device.type, backbone.image_size)
     meta_producer = producer(backbone, opts.dtype)
     schema = regions_schema(backbone.grid, backbone.dim, backbone.global_dim, opts.dtype)
     np_dtype = DTYPES[opts.dtype][1]
@@ -383,7 +405,8 @@ def _run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: Extract
         loop = functools.partial(_extract_loop, backbone=backbone, opts=opts, schema=schema, np_dtype=np_dtype,
                                  writer=writer, journal=journal, report=report, on_batch=on_batch)
         if opts.tune_layout and layout_key:
-            counts = _tuned_loop(todo, loop, opts.batch_size, layout_key, untuned=workers)
+            counts = _tuned_loop(todo, loop, opts.batch_size, layout_key, untuned=workers,
+                                     most=min(MAX_CPU_WORKERS, memory_workers(backbone.image_size)))
         else:
             counts = loop(todo, workers=workers)
         if before_commit is not None:
@@ -414,13 +437,13 @@ def _run_extract(items: Sequence[ImageItem], target: OutputTarget, opts: Extract
 
 
 def _tuned_loop(todo: Sequence[ImageItem], loop: Callable[..., dict[str, int]], batch_size: int,
-                key: str, untuned: int) -> dict[str, int]:
+                key: str, untuned: int, most: int = MAX_CPU_WORKERS) -> dict[str, int]:
     """--tune-layout: each candidate worker count runs the next images (whole batches, so the
     rows are an untuned run's), the fastest is remembered and runs the rest (``untuned``
     workers when too few images are left to measure any)."""
     rates: dict[int, float] = {}
     start = processed = failed = 0
-    for n in candidates(cpu_cores(), MAX_CPU_WORKERS):
+    for n in candidates(cpu_cores(), most):
         size = PROBE_BATCHES * batch_size * n
         if len(todo) - start < size:  # too few images left to measure this one
             break
